@@ -1,0 +1,1 @@
+"""Fast kernels: ``cpu`` (Numba) and ``gpu`` (CuPy).  Installed as ``nbclust.kernels``."""

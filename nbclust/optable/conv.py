@@ -1,0 +1,5 @@
+"""Table entries: convolution, transposed convolution, pooling, dense."""
+
+from __future__ import annotations
+
+SPECS: list = []
