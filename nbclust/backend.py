@@ -44,11 +44,10 @@ class Backend:
             raise ValueError(f"op {name!r} is not implemented by backend {self.name!r}") from None
 
     def asarray(self, a, dtype=None):
-        """``a`` as an array of this backend (a copy only where needed)."""
-        if self.xp is np:
-            a = a.get() if hasattr(a, "get") else a
-            return np.ascontiguousarray(a, dtype=dtype)
-        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+        """``a`` as a C-contiguous array of this backend, 0-d kept 0-d (a copy only where needed)."""
+        if self.xp is np and hasattr(a, "get"):
+            a = a.get()
+        return self.xp.asarray(a, dtype=dtype, order="C")
 
     def to_numpy(self, a) -> np.ndarray:
         return a.get() if hasattr(a, "get") else np.asarray(a)

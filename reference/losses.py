@@ -1,7 +1,308 @@
-"""Reference losses ops (see nbclust.optable for the calling convention)."""
+"""Reference losses and clustering terms (see nbclust.optable for the calling convention).
+
+Every loss returns a 0-d array of its inputs' dtype; ``grad_out`` is the
+scalar gradient of the objective w.r.t. that value.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-OPS: dict = {}
+from nbclust.optable import losses as spec
+
+
+def scalar(grad_out) -> float:
+    """The scalar ``grad_out`` of a loss (0-d, or a 1-element array after ``ascontiguousarray``)."""
+    return float(np.asarray(grad_out).reshape(-1)[0])
+
+
+def _loss(value, like):
+    return np.asarray(value, dtype=like.dtype)
+
+
+def _xlogy(x, y):
+    """x log y with 0 log y = 0."""
+    out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)), dtype=np.result_type(x, y))
+    x, y = np.broadcast_arrays(x, y)
+    nz = x != 0
+    out[nz] = x[nz] * np.log(y[nz])
+    return out
+
+
+# ---------------------------------------------------------------- mse, bce, kl, cross-entropy
+
+
+def mse_forward(pred, target):
+    """mean((pred - target)^2); d/dpred = 2 (pred - target) / n = -d/dtarget.
+
+    DEPICT's per-layer reconstruction term |z^l|^-1 ||z^l - zhat^l||^2 averaged
+    over the batch is exactly this mean over all elements of the layer.
+    """
+    spec.check_same_shape("mse", pred, target, "pred,target")
+    if pred.size == 0:
+        raise ValueError("mse: pred is empty")
+    diff = pred - target
+    return _loss(np.mean(diff * diff), pred), diff
+
+
+def mse_backward(grad_out, diff):
+    g = (2.0 * scalar(grad_out) / diff.size) * diff
+    return g, -g
+
+
+def bce_forward(pred, target, eps=1e-7):
+    """mean(-(t log p + (1-t) log(1-p))) with p clamped to [eps, 1-eps].
+
+    The clamp keeps the logs finite at p = 0 or 1 (eps = 1e-7 bounds each term
+    by -log(eps) ~ 16).  d/dp = (p - t) / (p (1 - p)) / n inside [eps, 1-eps]
+    and 0 where the clamp is active (the clamped value does not depend on p).
+    """
+    spec.check_same_shape("bce", pred, target, "pred,target")
+    spec.check_eps("bce", eps)
+    if pred.size == 0:
+        raise ValueError("bce: pred is empty")
+    p = np.clip(pred, eps, 1 - eps)
+    value = -np.mean(target * np.log(p) + (1 - target) * np.log1p(-p))
+    return _loss(value, pred), (pred, target, eps)
+
+
+def bce_backward(grad_out, ctx):
+    pred, target, eps = ctx
+    inside = (pred >= eps) & (pred <= 1 - eps)
+    p = np.clip(pred, eps, 1 - eps)
+    g = np.where(inside, (p - target) / (p * (1 - p)), 0.0) * (scalar(grad_out) / pred.size)
+    return g.astype(pred.dtype), None
+
+
+def kl_div_forward(target, pred):
+    """KL(target||pred) = (1/N) sum t log(t / p), N = target.shape[0] (batchmean), 0 log 0 = 0.
+
+    d/dp = -t / (N p); target is constant.
+    """
+    spec.check_same_shape("kl_div", target, pred, "target,pred")
+    spec.check_nonempty("kl_div", target, "target")
+    n = target.shape[0]
+    value = (np.sum(_xlogy(target, target)) - np.sum(_xlogy(target, pred))) / n
+    return _loss(value, pred), (target, pred)
+
+
+def kl_div_backward(grad_out, ctx):
+    target, pred = ctx
+    return None, (-scalar(grad_out) / target.shape[0]) * target / pred
+
+
+def _log_softmax(x):
+    m = x - x.max(axis=1, keepdims=True)
+    return m - np.log(np.exp(m).sum(axis=1, keepdims=True))
+
+
+def soft_cross_entropy_forward(logits, target):
+    """-(1/N) sum_ik q_ik log softmax(logits)_ik for (N, K) logits and probability targets q.
+
+    With l_ik = x_ik - log sum_k' exp x_ik': dl_ik'/dx_ik = delta_kk' - softmax_ik, so
+    d/dx_ik = (softmax_ik sum_k' q_ik' - q_ik) / N (rows of q need not sum to 1).
+    """
+    spec.check_matrix("soft_cross_entropy", logits, "logits")
+    spec.check_same_shape("soft_cross_entropy", logits, target, "logits,target")
+    logp = _log_softmax(logits)
+    value = -np.sum(target * logp) / logits.shape[0]
+    return _loss(value, logits), (np.exp(logp), target)
+
+
+def soft_cross_entropy_backward(grad_out, ctx):
+    softmax, q = ctx
+    g = softmax * q.sum(axis=1, keepdims=True) - q
+    return g * (scalar(grad_out) / q.shape[0]), None
+
+
+# ---------------------------------------------------------------- DBC (seed 002)
+
+
+def _student_log(z, mu, v):
+    """u_ij = 1 + ||z_i - mu_j||^2 / v and log s_ij (eq 1, normalised in the log domain)."""
+    u = 1 + np.sum((z[:, None, :] - mu[None, :, :]) ** 2, axis=2) / v
+    logq = -(v + 1) / 2 * np.log(u)
+    m = logq.max(axis=1, keepdims=True)
+    return u, logq - m - np.log(np.exp(logq - m).sum(axis=1, keepdims=True))
+
+
+def _student_grads(z, mu, v, u, w):
+    """(dL/dz, dL/dmu) for dL/dz_i = (1+v)/v sum_j w_ij (z_i - mu_j) / u_ij and
+    dL/dmu_j = (1+v)/v sum_i w_ij (mu_j - z_i) / u_ij (DBC eqs 4-5 with w = r - s)."""
+    c = ((1 + v) / v * w / u)[:, :, None]
+    diff = z[:, None, :] - mu[None, :, :]
+    return np.sum(c * diff, axis=1).astype(z.dtype), np.sum(-c * diff, axis=0).astype(mu.dtype)
+
+
+def student_t_forward(z, mu, v=1.0):
+    """DBC eq 1: s_ij = q_ij / sum_j' q_ij', q_ij = u_ij^(-(v+1)/2), u_ij = 1 + ||z_i - mu_j||^2 / v.
+
+    Backward (appendix A, for a general upstream G = dL/dS): through the row
+    normalisation dL/dlog q_ij = s_ij (G_ij - sum_j' G_ij' s_ij') =: a_ij, and
+    dlog q_ij/dz_i = -(1+v)/v (z_i - mu_j) / u_ij = -dlog q_ij/dmu_j, so
+    dL/dz_i = (1+v)/v sum_j w_ij (z_i - mu_j) / u_ij and
+    dL/dmu_j = (1+v)/v sum_i w_ij (mu_j - z_i) / u_ij with w = -a.
+    """
+    spec.check_points_centers("student_t", z, mu)
+    spec.check_dof("student_t", v)
+    u, logs = _student_log(z, mu, v)
+    s = np.exp(logs)
+    return s.astype(z.dtype), (z, mu, v, u, s)
+
+
+def student_t_backward(grad_s, ctx):
+    z, mu, v, u, s = ctx
+    a = s * (grad_s - np.sum(grad_s * s, axis=1, keepdims=True))
+    return _student_grads(z, mu, v, u, -a)
+
+
+def dbc_kl_forward(z, mu, r, v=1.0):
+    """DBC eq 3: L = KL(R||S) = sum_ij r_ij log(r_ij / s_ij), a SUM over the batch (as in the
+    paper, not a mean), s from eq 1, 0 log 0 = 0.  r is constant and its rows must sum to 1.
+
+    Backward is eqs 4-5 (appendix A): with u, q, s as in ``student_t``,
+    ds_ij'/dz_i = -(1+v)/v s_ij' (u_ij'^-1 (z_i - mu_j') - sum_j s_ij u_ij^-1 (z_i - mu_j))  (A.6)
+    and dL/dz_i = -sum_j' r_ij'/s_ij' ds_ij'/dz_i (A.7); since sum_j' r_ij' = 1 this collapses to
+    dL/dz_i = (1+v)/v sum_j (r_ij - s_ij) (z_i - mu_j) / (1 + ||z_i - mu_j||^2 / v)   (4)
+    and, exchanging the roles of z and mu,
+    dL/dmu_j = (1+v)/v sum_i (r_ij - s_ij) (mu_j - z_i) / (1 + ||mu_j - z_i||^2 / v)   (5).
+    """
+    spec.check_points_centers("dbc_kl", z, mu)
+    spec.check_dof("dbc_kl", v)
+    if r.shape != (z.shape[0], mu.shape[0]):
+        raise ValueError(f"dbc_kl: r must have shape {(z.shape[0], mu.shape[0])}, got {r.shape}")
+    spec.check_rows_sum_to_one("dbc_kl", r, "r")
+    u, logs = _student_log(z, mu, v)
+    value = np.sum(_xlogy(r, r)) - np.sum(r * logs)
+    return _loss(value, z), (z, mu, v, u, r - np.exp(logs))
+
+
+def dbc_kl_backward(grad_out, ctx):
+    z, mu, v, u, r_minus_s = ctx
+    return (*_student_grads(z, mu, v, u, scalar(grad_out) * r_minus_s), None)
+
+
+# ---------------------------------------------------------------- DCAE (seed 000)
+
+
+def kmeans_compactness_forward(h, centers, assign, lam):
+    """DCAE eq 4: E_2 = lam / (2N) sum_n ||h_n - c_assign(n)||^2.
+
+    d/dh_n = lam/N (h_n - c_assign(n)); d/dc_k = -lam/N sum_{n: assign(n)=k} (h_n - c_k).
+    """
+    spec.check_points_centers("kmeans_compactness", h, centers, "h,centers")
+    spec.check_labels("kmeans_compactness", assign, h.shape[0], centers.shape[0], "assign")
+    resid = h - centers[assign]
+    return _loss(lam / (2 * h.shape[0]) * np.sum(resid * resid), h), (resid, assign, centers.shape[0], lam)
+
+
+def kmeans_compactness_backward(grad_out, ctx):
+    resid, assign, k, lam = ctx
+    gh = (scalar(grad_out) * lam / resid.shape[0]) * resid
+    gc = np.zeros((k, resid.shape[1]), dtype=resid.dtype)
+    np.add.at(gc, assign, -gh)
+    return gh, gc, None
+
+
+# ---------------------------------------------------------------- DCTL (seed 003)
+
+
+def fidelity_forward(a, z):
+    """DCTL eq 5 data term ||a - z||_F^2 (a sum); d/da = 2 (a - z) = -d/dz."""
+    spec.check_same_shape("fidelity", a, z, "a,z")
+    diff = a - z
+    return _loss(np.sum(diff * diff), a), diff
+
+
+def fidelity_backward(grad_out, diff):
+    g = 2.0 * scalar(grad_out) * diff
+    return g, -g
+
+
+def frobenius_forward(t):
+    """||t||_F^2; d/dt = 2 t."""
+    return _loss(np.sum(t * t), t), t
+
+
+def frobenius_backward(grad_out, t):
+    return (2.0 * scalar(grad_out) * t,)
+
+
+def neg_logdet_forward(t):
+    """DCTL eq 5 log-det filter penalty: -sum_i log sigma_i(M) = -1/2 log det(M M^T).
+
+    M = t.reshape(F, -1) holds one filter per row (F <= taps).  Gradient: with
+    A = M M^T, d(-1/2 log det A) = -1/2 tr(A^-1 (dM M^T + M dM^T)) = -tr(M^T A^-1 dM),
+    so dL/dM = -A^-1 M = -(M^+)^T, since M^+ = M^T (M M^T)^-1 for full row rank;
+    from the thin SVD M = U diag(sigma) V^T, (M^+)^T = U diag(1/sigma) V^T.
+    A rank-deficient M (sigma_min <= 1e-12 sigma_max) raises ValueError.
+    """
+    f, _ = spec.filter_matrix_shape("neg_logdet", t)
+    u, sigma, vt = np.linalg.svd(t.reshape(f, -1), full_matrices=False)
+    spec.check_rank("neg_logdet", sigma)
+    return _loss(-np.sum(np.log(sigma)), t), (u, sigma, vt, t.shape)
+
+
+def neg_logdet_backward(grad_out, ctx):
+    u, sigma, vt, shape = ctx
+    return ((-scalar(grad_out)) * ((u / sigma) @ vt).reshape(shape),)
+
+
+def kmeans_subspace_forward(z, labels, n_clusters):
+    """DCTL eq 5 K-means term ||Z - Z H^T (H H^T)^-1 H||_F^2, Z = z^T (samples as columns),
+    H the (K, N) one-hot indicator of ``labels``.
+
+    P = H^T (H H^T)^-1 H replaces each sample by the mean of its cluster, so the
+    value is sum_n ||z_n - m_cluster(n)||^2, computed per cluster (no N x N matrix).
+    P is symmetric and idempotent, hence so is I - P and L = tr(Z (I-P) Z^T), whose
+    gradient is 2 Z (I - P): dL/dz_n = 2 (z_n - m_cluster(n)).  Empty clusters
+    (a zero row of H, taken with the pseudo-inverse) contribute nothing.
+    """
+    spec.check_matrix("kmeans_subspace", z, "z")
+    spec.check_n_clusters("kmeans_subspace", n_clusters)
+    spec.check_labels("kmeans_subspace", labels, z.shape[0], n_clusters, "labels")
+    sums = np.zeros((n_clusters, z.shape[1]), dtype=z.dtype)
+    np.add.at(sums, labels, z)
+    counts = np.bincount(labels, minlength=n_clusters)
+    means = sums / np.maximum(counts, 1)[:, None]
+    resid = z - means[labels]
+    return _loss(np.sum(resid * resid), z), resid
+
+
+def kmeans_subspace_backward(grad_out, resid):
+    return 2.0 * scalar(grad_out) * resid, None
+
+
+# ---------------------------------------------------------------- DEPICT (seed 004)
+
+
+def balance_kl_forward(p):
+    """DEPICT's balance prior KL(f||u) = sum_k f_k log(K f_k), f_k = (1/N) sum_i p_ik, u_k = 1/K.
+
+    d/dp_ik = (log(K f_k) + 1) / N (finite when every f_k > 0, as for softmax outputs).
+    """
+    spec.check_matrix("balance_kl", p, "p")
+    f = p.mean(axis=0)
+    return _loss(np.sum(_xlogy(f, p.shape[1] * f)), p), (f, p.shape)
+
+
+def balance_kl_backward(grad_out, ctx):
+    f, shape = ctx
+    row = (np.log(shape[1] * f) + 1) * (scalar(grad_out) / shape[0])
+    return (np.broadcast_to(row, shape).copy(),)
+
+
+OPS = {
+    "mse": (mse_forward, mse_backward),
+    "bce": (bce_forward, bce_backward),
+    "kl_div": (kl_div_forward, kl_div_backward),
+    "soft_cross_entropy": (soft_cross_entropy_forward, soft_cross_entropy_backward),
+    "student_t": (student_t_forward, student_t_backward),
+    "dbc_kl": (dbc_kl_forward, dbc_kl_backward),
+    "kmeans_compactness": (kmeans_compactness_forward, kmeans_compactness_backward),
+    "fidelity": (fidelity_forward, fidelity_backward),
+    "frobenius": (frobenius_forward, frobenius_backward),
+    "neg_logdet": (neg_logdet_forward, neg_logdet_backward),
+    "kmeans_subspace": (kmeans_subspace_forward, kmeans_subspace_backward),
+    "balance_kl": (balance_kl_forward, balance_kl_backward),
+}

@@ -1,8 +1,12 @@
-"""Reference activations, softmax, batch norm, dropout and reshapes."""
+"""Reference activations, softmax, batch norm and dropout."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from nbclust.optable.pointwise import (
+    SELU_ALPHA, SELU_SCALE, check_batch_norm, check_dropout, check_softmax,
+)
 
 
 def sigmoid_forward(x):
@@ -18,6 +22,114 @@ def sigmoid_backward(grad_y, y):
     return (grad_y * y * (1.0 - y),)
 
 
+def tanh_forward(x):
+    y = np.tanh(x)
+    return y, y
+
+
+def tanh_backward(grad_y, y):
+    return (grad_y * (1.0 - y * y),)
+
+
+def relu_forward(x):
+    pos = x > 0
+    return np.where(pos, x, 0.0).astype(x.dtype), pos
+
+
+def relu_backward(grad_y, pos):
+    return (np.where(pos, grad_y, 0.0).astype(grad_y.dtype),)
+
+
+def leaky_relu_forward(x, slope=0.01):
+    pos = x > 0
+    return np.where(pos, x, slope * x).astype(x.dtype), (pos, slope)
+
+
+def leaky_relu_backward(grad_y, ctx):
+    pos, slope = ctx
+    return (np.where(pos, grad_y, slope * grad_y).astype(grad_y.dtype),)
+
+
+def selu_forward(x):
+    y = SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0.0)))
+    return y.astype(x.dtype), x
+
+
+def selu_backward(grad_y, x):
+    slope = np.where(x > 0, SELU_SCALE, SELU_SCALE * SELU_ALPHA * np.exp(np.minimum(x, 0.0)))
+    return ((grad_y * slope).astype(grad_y.dtype),)
+
+
+def softmax_forward(x):
+    check_softmax(x, "softmax")
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    y = e / e.sum(axis=1, keepdims=True)
+    return y, y
+
+
+def softmax_backward(grad_y, y):
+    return (y * (grad_y - np.sum(grad_y * y, axis=1, keepdims=True)),)
+
+
+def log_softmax_forward(x):
+    check_softmax(x, "log_softmax")
+    shifted = x - x.max(axis=1, keepdims=True)
+    y = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return y, y
+
+
+def log_softmax_backward(grad_y, y):
+    return (grad_y - np.exp(y) * np.sum(grad_y, axis=1, keepdims=True),)
+
+
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training=False, momentum=0.1, eps=1e-5):
+    n = check_batch_norm(x, gamma, beta, running_mean, running_var, training, eps)
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcast a per-channel vector against x
+    if training:
+        mean = x.mean(axis=axes)
+        var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
+        new_mean = (1.0 - momentum) * running_mean + momentum * mean
+        new_var = (1.0 - momentum) * running_var + momentum * var * (n / (n - 1))
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean.copy(), running_var.copy()
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    y = gamma.reshape(shape) * xhat + beta.reshape(shape)
+    ctx = (xhat, gamma, invstd, axes, shape, training)
+    return (y.astype(x.dtype), new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)), ctx
+
+
+def batch_norm_backward(grad_y, ctx):
+    xhat, gamma, invstd, axes, shape, training = ctx
+    dbeta = grad_y.sum(axis=axes)
+    dgamma = (grad_y * xhat).sum(axis=axes)
+    g = grad_y
+    if training:
+        g = grad_y - grad_y.mean(axis=axes, keepdims=True) - xhat * (grad_y * xhat).mean(axis=axes, keepdims=True)
+    dx = (gamma * invstd).reshape(shape) * g
+    return dx.astype(grad_y.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype), None, None
+
+
+def dropout_forward(x, mask, p=0.5):
+    check_dropout(x, mask, p)
+    return (x * mask / (1.0 - p)).astype(x.dtype), (mask, p)
+
+
+def dropout_backward(grad_y, ctx):
+    mask, p = ctx
+    return (grad_y * mask / (1.0 - p)).astype(grad_y.dtype), None
+
+
 OPS = {
     "sigmoid": (sigmoid_forward, sigmoid_backward),
+    "tanh": (tanh_forward, tanh_backward),
+    "relu": (relu_forward, relu_backward),
+    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
+    "selu": (selu_forward, selu_backward),
+    "softmax": (softmax_forward, softmax_backward),
+    "log_softmax": (log_softmax_forward, log_softmax_backward),
+    "batch_norm": (batch_norm_forward, batch_norm_backward),
+    "dropout": (dropout_forward, dropout_backward),
 }

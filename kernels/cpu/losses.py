@@ -1,8 +1,409 @@
-"""Numba losses kernels (see nbclust.optable for the calling convention)."""
+"""Numba losses and clustering terms (see nbclust.optable for the calling convention).
+
+Formulas and gradient derivations are in ``nbclust.reference.losses``.  All
+accumulation is in float64 whatever the input dtype, and every reduction is
+deterministic: parallel loops write per-block or per-row partial results, which
+are then added in a fixed order (gather form, never a scatter across threads).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, prange
 
-OPS: dict = {}
+from nbclust.optable import losses as spec
+
+_BLOCK = 4096
+# kinds of _elementwise_sum / _elementwise_grad (a, b: flat arrays)
+_SQDIFF = 0  # (a - b)^2
+_SQ = 1  # a^2
+_BCE = 2  # -(b log p + (1 - b) log(1 - p)), p = clamp(a, eps, 1 - eps)
+_KL = 3  # a log(a / b), 0 log 0 = 0 (a: target, b: pred)
+_KL_LOG = 4  # a log a - a b (b: log of the prediction)
+
+
+@njit(cache=True, parallel=True)
+def _elementwise_sum(kind, a, b, eps):
+    n = a.size
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(n_blocks)
+    for blk in prange(n_blocks):
+        acc = 0.0
+        for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
+            x = float(a[i])
+            y = float(b[i])
+            if kind == _SQDIFF:
+                acc += (x - y) * (x - y)
+            elif kind == _SQ:
+                acc += x * x
+            elif kind == _BCE:
+                p = min(max(x, eps), 1.0 - eps)
+                acc -= y * math.log(p) + (1.0 - y) * math.log1p(-p)
+            elif x != 0.0:  # 0 log 0 = 0
+                acc += x * (math.log(x) - (math.log(y) if kind == _KL else y))
+        partial[blk] = acc
+    total = 0.0
+    for blk in range(n_blocks):
+        total += partial[blk]
+    return total
+
+
+@njit(cache=True, parallel=True)
+def _elementwise_grad(kind, a, b, eps, scale, out):
+    """out = scale * d(term)/da (for _KL: d/db, the prediction's gradient)."""
+    for i in prange(a.size):
+        x = float(a[i])
+        y = float(b[i])
+        if kind == _SQDIFF:
+            g = 2.0 * (x - y)
+        elif kind == _SQ:
+            g = 2.0 * x
+        elif kind == _BCE:
+            g = (x - y) / (x * (1.0 - x)) if eps <= x <= 1.0 - eps else 0.0
+        else:
+            g = -x / y
+        out[i] = scale * g
+
+
+@njit(cache=True, parallel=True)
+def _soft_ce(x, q, grad):
+    """Per-row -sum_k q_ik log_softmax(x)_ik; grad (float64) <- softmax * sum_k q_ik - q."""
+    n, k = x.shape
+    rows = np.empty(n)
+    for i in prange(n):
+        m = -np.inf
+        for j in range(k):
+            m = max(m, float(x[i, j]))
+        s = 0.0
+        for j in range(k):
+            s += math.exp(float(x[i, j]) - m)
+        log_s = math.log(s)
+        acc = 0.0
+        qs = 0.0
+        for j in range(k):
+            qs += float(q[i, j])
+            acc -= float(q[i, j]) * ((float(x[i, j]) - m) - log_s)
+        for j in range(k):
+            grad[i, j] = math.exp((float(x[i, j]) - m) - log_s) * qs - float(q[i, j])
+        rows[i] = acc
+    return rows
+
+
+@njit(cache=True, parallel=True)
+def _student_log(z, mu, v, u, logs):
+    """u_ij = 1 + ||z_i - mu_j||^2 / v and log s_ij (DBC eq 1), both float64 (N, K)."""
+    n, d = z.shape
+    k = mu.shape[0]
+    for i in prange(n):
+        m = -np.inf
+        for j in range(k):
+            d2 = 0.0
+            for c in range(d):
+                diff = float(z[i, c]) - float(mu[j, c])
+                d2 += diff * diff
+            u[i, j] = 1.0 + d2 / v
+            logs[i, j] = -(v + 1.0) / 2.0 * math.log(u[i, j])
+            m = max(m, logs[i, j])
+        s = 0.0
+        for j in range(k):
+            s += math.exp(logs[i, j] - m)
+        log_s = math.log(s)
+        for j in range(k):
+            logs[i, j] = (logs[i, j] - m) - log_s  # subtract m first: exact for large |log q|
+
+
+@njit(cache=True, parallel=True)
+def _student_grads(z, mu, c, gz, gmu):
+    """gz_i = sum_j c_ij (z_i - mu_j), gmu_j = sum_i c_ij (mu_j - z_i) (gather form)."""
+    n, d = z.shape
+    k = mu.shape[0]
+    for i in prange(n):
+        for col in range(d):
+            acc = 0.0
+            for j in range(k):
+                acc += c[i, j] * (float(z[i, col]) - float(mu[j, col]))
+            gz[i, col] = acc
+    for j in prange(k):
+        for col in range(d):
+            acc = 0.0
+            for i in range(n):
+                acc += c[i, j] * (float(mu[j, col]) - float(z[i, col]))
+            gmu[j, col] = acc
+
+
+@njit(cache=True, parallel=True)
+def _residual(x, centers, labels, resid):
+    """resid (float64) <- x_n - centers[labels_n]; returns the rows' squared norms."""
+    n, d = x.shape
+    rows = np.empty(n)
+    for i in prange(n):
+        acc = 0.0
+        for c in range(d):
+            r = float(x[i, c]) - float(centers[labels[i], c])
+            resid[i, c] = r
+            acc += r * r
+        rows[i] = acc
+    return rows
+
+
+@njit(cache=True)
+def _segment_sum(x, labels, k):
+    """Per-label sums of the rows of x (float64, serial so deterministic) and counts."""
+    sums = np.zeros((k, x.shape[1]))
+    counts = np.zeros(k, np.int64)
+    for i in range(x.shape[0]):
+        counts[labels[i]] += 1
+        for c in range(x.shape[1]):
+            sums[labels[i], c] += x[i, c]
+    return sums, counts
+
+
+@njit(cache=True, parallel=True)
+def _column_means(p):
+    n, k = p.shape
+    f = np.empty(k)
+    for j in prange(k):
+        acc = 0.0
+        for i in range(n):
+            acc += p[i, j]
+        f[j] = acc / n
+    return f
+
+
+def _flat(a):
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def _loss(value, like):
+    return np.asarray(value, dtype=like.dtype)
+
+
+def _scalar(grad_out) -> float:
+    return float(np.asarray(grad_out).reshape(-1)[0])
+
+
+def _labels(labels):
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+# ---------------------------------------------------------------- mse, bce, kl, cross-entropy
+
+
+def mse_forward(pred, target):
+    spec.check_same_shape("mse", pred, target, "pred,target")
+    if pred.size == 0:
+        raise ValueError("mse: pred is empty")
+    a, b = _flat(pred), _flat(target)
+    return _loss(_elementwise_sum(_SQDIFF, a, b, 0.0) / a.size, pred), (a, b, pred.shape)
+
+
+def mse_backward(grad_out, ctx):
+    a, b, shape = ctx
+    g = np.empty_like(a)
+    _elementwise_grad(_SQDIFF, a, b, 0.0, _scalar(grad_out) / a.size, g)
+    return g.reshape(shape), -g.reshape(shape)
+
+
+def bce_forward(pred, target, eps=1e-7):
+    spec.check_same_shape("bce", pred, target, "pred,target")
+    spec.check_eps("bce", eps)
+    if pred.size == 0:
+        raise ValueError("bce: pred is empty")
+    a, b = _flat(pred), _flat(target)
+    return _loss(_elementwise_sum(_BCE, a, b, eps) / a.size, pred), (a, b, eps, pred.shape)
+
+
+def bce_backward(grad_out, ctx):
+    a, b, eps, shape = ctx
+    g = np.empty_like(a)
+    _elementwise_grad(_BCE, a, b, eps, _scalar(grad_out) / a.size, g)
+    return g.reshape(shape), None
+
+
+def kl_div_forward(target, pred):
+    spec.check_same_shape("kl_div", target, pred, "target,pred")
+    spec.check_nonempty("kl_div", target, "target")
+    t, p = _flat(target), _flat(pred)
+    return _loss(_elementwise_sum(_KL, t, p, 0.0) / target.shape[0], pred), (t, p, target.shape)
+
+
+def kl_div_backward(grad_out, ctx):
+    t, p, shape = ctx
+    g = np.empty_like(p)
+    _elementwise_grad(_KL, t, p, 0.0, _scalar(grad_out) / shape[0], g)
+    return None, g.reshape(shape)
+
+
+def soft_cross_entropy_forward(logits, target):
+    spec.check_matrix("soft_cross_entropy", logits, "logits")
+    spec.check_same_shape("soft_cross_entropy", logits, target, "logits,target")
+    grad = np.empty(logits.shape)
+    rows = _soft_ce(np.ascontiguousarray(logits), np.ascontiguousarray(target), grad)
+    return _loss(rows.sum() / logits.shape[0], logits), (grad, logits.dtype)
+
+
+def soft_cross_entropy_backward(grad_out, ctx):
+    grad, dtype = ctx
+    return (grad * (_scalar(grad_out) / grad.shape[0])).astype(dtype), None
+
+
+# ---------------------------------------------------------------- DBC (seed 002)
+
+
+def _student(z, mu, v):
+    z, mu = np.ascontiguousarray(z), np.ascontiguousarray(mu)
+    u = np.empty((z.shape[0], mu.shape[0]))
+    logs = np.empty_like(u)
+    _student_log(z, mu, float(v), u, logs)
+    return z, mu, u, logs
+
+
+def _student_backward(z, mu, v, u, w):
+    """DBC eqs 4-5 with weights w (float64, N x K)."""
+    gz, gmu = np.empty(z.shape), np.empty(mu.shape)
+    _student_grads(z, mu, (1 + v) / v * w / u, gz, gmu)
+    return gz.astype(z.dtype), gmu.astype(mu.dtype)
+
+
+def student_t_forward(z, mu, v=1.0):
+    spec.check_points_centers("student_t", z, mu)
+    spec.check_dof("student_t", v)
+    z, mu, u, logs = _student(z, mu, v)
+    s = np.exp(logs)
+    return s.astype(z.dtype), (z, mu, v, u, s)
+
+
+def student_t_backward(grad_s, ctx):
+    z, mu, v, u, s = ctx
+    g = np.asarray(grad_s, dtype=np.float64)
+    a = s * (g - np.sum(g * s, axis=1, keepdims=True))
+    return _student_backward(z, mu, v, u, -a)
+
+
+def dbc_kl_forward(z, mu, r, v=1.0):
+    spec.check_points_centers("dbc_kl", z, mu)
+    spec.check_dof("dbc_kl", v)
+    if r.shape != (z.shape[0], mu.shape[0]):
+        raise ValueError(f"dbc_kl: r must have shape {(z.shape[0], mu.shape[0])}, got {r.shape}")
+    spec.check_rows_sum_to_one("dbc_kl", r, "r")
+    z, mu, u, logs = _student(z, mu, v)
+    value = _elementwise_sum(_KL_LOG, _flat(r), logs.reshape(-1), 0.0)
+    return _loss(value, z), (z, mu, v, u, r - np.exp(logs))
+
+
+def dbc_kl_backward(grad_out, ctx):
+    z, mu, v, u, r_minus_s = ctx
+    return (*_student_backward(z, mu, v, u, _scalar(grad_out) * r_minus_s), None)
+
+
+# ---------------------------------------------------------------- DCAE (seed 000)
+
+
+def kmeans_compactness_forward(h, centers, assign, lam):
+    spec.check_points_centers("kmeans_compactness", h, centers, "h,centers")
+    spec.check_labels("kmeans_compactness", assign, h.shape[0], centers.shape[0], "assign")
+    assign = _labels(assign)
+    resid = np.empty(h.shape)
+    rows = _residual(np.ascontiguousarray(h), np.ascontiguousarray(centers), assign, resid)
+    value = lam / (2 * h.shape[0]) * rows.sum()
+    return _loss(value, h), (resid, assign, centers.shape[0], lam, h.dtype)
+
+
+def kmeans_compactness_backward(grad_out, ctx):
+    resid, assign, k, lam, dtype = ctx
+    scale = _scalar(grad_out) * lam / resid.shape[0]
+    sums, _ = _segment_sum(resid, assign, k)
+    return (scale * resid).astype(dtype), (-scale * sums).astype(dtype), None
+
+
+# ---------------------------------------------------------------- DCTL (seed 003)
+
+
+def fidelity_forward(a, z):
+    spec.check_same_shape("fidelity", a, z, "a,z")
+    fa, fz = _flat(a), _flat(z)
+    return _loss(_elementwise_sum(_SQDIFF, fa, fz, 0.0), a), (fa, fz, a.shape)
+
+
+def fidelity_backward(grad_out, ctx):
+    fa, fz, shape = ctx
+    g = np.empty_like(fa)
+    _elementwise_grad(_SQDIFF, fa, fz, 0.0, _scalar(grad_out), g)
+    return g.reshape(shape), -g.reshape(shape)
+
+
+def frobenius_forward(t):
+    ft = _flat(t)
+    return _loss(_elementwise_sum(_SQ, ft, ft, 0.0), t), (ft, t.shape)
+
+
+def frobenius_backward(grad_out, ctx):
+    ft, shape = ctx
+    g = np.empty_like(ft)
+    _elementwise_grad(_SQ, ft, ft, 0.0, _scalar(grad_out), g)
+    return (g.reshape(shape),)
+
+
+def neg_logdet_forward(t):
+    """One small float64 LAPACK SVD (outside any Numba region)."""
+    f, _ = spec.filter_matrix_shape("neg_logdet", t)
+    u, sigma, vt = np.linalg.svd(np.asarray(t, dtype=np.float64).reshape(f, -1), full_matrices=False)
+    spec.check_rank("neg_logdet", sigma)
+    return _loss(-np.sum(np.log(sigma)), t), (u, sigma, vt, t.shape, t.dtype)
+
+
+def neg_logdet_backward(grad_out, ctx):
+    u, sigma, vt, shape, dtype = ctx
+    return ((-_scalar(grad_out) * ((u / sigma) @ vt)).reshape(shape).astype(dtype),)
+
+
+def kmeans_subspace_forward(z, labels, n_clusters):
+    spec.check_matrix("kmeans_subspace", z, "z")
+    spec.check_n_clusters("kmeans_subspace", n_clusters)
+    spec.check_labels("kmeans_subspace", labels, z.shape[0], n_clusters, "labels")
+    z, labels = np.ascontiguousarray(z), _labels(labels)
+    sums, counts = _segment_sum(z, labels, n_clusters)
+    means = sums / np.maximum(counts, 1)[:, None]
+    resid = np.empty(z.shape)
+    rows = _residual(z, means, labels, resid)
+    return _loss(rows.sum(), z), (resid, z.dtype)
+
+
+def kmeans_subspace_backward(grad_out, ctx):
+    resid, dtype = ctx
+    return (2.0 * _scalar(grad_out) * resid).astype(dtype), None
+
+
+# ---------------------------------------------------------------- DEPICT (seed 004)
+
+
+def balance_kl_forward(p):
+    spec.check_matrix("balance_kl", p, "p")
+    f = _column_means(np.ascontiguousarray(p))
+    k = p.shape[1]
+    nz = f != 0
+    return _loss(np.sum(f[nz] * np.log(k * f[nz])), p), (f, p.shape, p.dtype)
+
+
+def balance_kl_backward(grad_out, ctx):
+    f, shape, dtype = ctx
+    row = (np.log(shape[1] * f) + 1) * (_scalar(grad_out) / shape[0])
+    return (np.broadcast_to(row.astype(dtype), shape).copy(),)
+
+
+OPS = {
+    "mse": (mse_forward, mse_backward),
+    "bce": (bce_forward, bce_backward),
+    "kl_div": (kl_div_forward, kl_div_backward),
+    "soft_cross_entropy": (soft_cross_entropy_forward, soft_cross_entropy_backward),
+    "student_t": (student_t_forward, student_t_backward),
+    "dbc_kl": (dbc_kl_forward, dbc_kl_backward),
+    "kmeans_compactness": (kmeans_compactness_forward, kmeans_compactness_backward),
+    "fidelity": (fidelity_forward, fidelity_backward),
+    "frobenius": (frobenius_forward, frobenius_backward),
+    "neg_logdet": (neg_logdet_forward, neg_logdet_backward),
+    "kmeans_subspace": (kmeans_subspace_forward, kmeans_subspace_backward),
+    "balance_kl": (balance_kl_forward, balance_kl_backward),
+}

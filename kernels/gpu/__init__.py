@@ -1,3 +1,16 @@
-"""CuPy CUDA kernels for every op of the table.  Imported only when ``backend="cuda"`` is asked for."""
+"""CuPy CUDA kernels for every op of the table (float32 and float64, deterministic).
 
-OPS: dict = {}
+Imported only when ``backend="cuda"`` is asked for (see :mod:`nbclust.backend`).
+Determinism: no atomics whose order changes a result.  im2col, col2im and the
+pooling gradients are gathers through cached index tables (each output element
+sums its contributions in a fixed order), segment sums are one-hot GEMMs, and
+the remaining reductions are CuPy sums over fixed axes.
+"""
+
+from nbclust.kernels.gpu import conv as _conv
+from nbclust.kernels.gpu import losses as _losses
+from nbclust.kernels.gpu import pointwise as _pointwise
+
+OPS = {}
+for _module in (_conv, _pointwise, _losses):
+    OPS.update(_module.OPS)

@@ -1,5 +1,158 @@
-"""Table entries: convolution, transposed convolution, pooling, dense."""
+"""Table entries: convolution, transposed convolution, pooling, dense, reshape."""
 
 from __future__ import annotations
 
-SPECS: list = []
+import numpy as np
+
+from nbclust.optable import Case, OpSpec
+
+
+def _conv2d_cases(rng: np.random.Generator) -> list[Case]:
+    n = rng.normal
+    return [
+        Case((n(size=(2, 3, 7, 6)), n(size=(4, 3, 3, 2)), n(size=4)),
+             {"stride": (2, 1), "padding": (1, 0)}, "stride 2x1, padding, non-square kernel"),
+        Case((n(size=(1, 1, 5, 5)), n(size=(2, 1, 3, 3)), None),
+             {"stride": (1, 1), "padding": (2, 2)}, "batch 1, one channel, bias None"),
+        Case((n(size=(2, 2, 4, 3)), n(size=(3, 2, 6, 5)), n(size=3)),
+             {"stride": (1, 1), "padding": (1, 1)}, "kernel equal to the padded input"),
+        Case((n(size=(1, 2, 9, 8)), n(size=(2, 2, 2, 3)), n(size=2)),
+             {"stride": (3, 2), "padding": (0, 1)}, "stride 3x2, odd sizes, leftover rows"),
+    ]
+
+
+def _conv_transpose2d_cases(rng: np.random.Generator) -> list[Case]:
+    n = rng.normal
+    return [
+        Case((n(size=(2, 3, 4, 3)), n(size=(3, 2, 3, 2)), n(size=2)),
+             {"stride": (2, 1), "padding": (1, 0), "output_padding": (1, 0)},
+             "stride 2x1, padding, output_padding, non-square kernel"),
+        Case((n(size=(1, 1, 5, 4)), n(size=(1, 3, 2, 3)), None),
+             {"stride": (1, 1), "padding": (0, 0), "output_padding": (0, 0)},
+             "batch 1, one channel, bias None"),
+        Case((n(size=(2, 2, 3, 3)), n(size=(2, 2, 3, 3)), n(size=2)),
+             {"stride": (3, 2), "padding": (1, 1), "output_padding": (2, 1)},
+             "stride larger than kernel, maximal output_padding"),
+        Case((n(size=(1, 2, 2, 2)), n(size=(2, 1, 4, 4)), n(size=1)),
+             {"stride": (1, 1), "padding": (1, 2), "output_padding": (0, 0)},
+             "padding cropping to a 3x1 output"),
+    ]
+
+
+def _distinct(rng: np.random.Generator, shape) -> np.ndarray:
+    """Values 0.1 apart in random order: no ties in any window, so no argmax flips under FD."""
+    return (rng.permutation(int(np.prod(shape))).reshape(shape) - np.prod(shape) / 2) * 0.1
+
+
+def _max_pool2d_cases(rng: np.random.Generator) -> list[Case]:
+    return [
+        Case((_distinct(rng, (2, 3, 6, 6)),), {"kernel": (2, 2), "stride": (2, 2)}, "non-overlapping 2x2"),
+        Case((_distinct(rng, (1, 2, 7, 8)),), {"kernel": (3, 3), "stride": (2, 2)},
+             "overlapping 3x3 stride 2, size not divisible"),
+        Case((_distinct(rng, (2, 1, 5, 7)),), {"kernel": (2, 3), "stride": (1, 2)},
+             "overlapping non-square kernel"),
+        Case((_distinct(rng, (1, 2, 4, 3)),), {"kernel": (4, 3), "stride": (1, 1)}, "kernel equal to the input"),
+    ]
+
+
+def _pool_indices(x: np.ndarray, kernel) -> np.ndarray:
+    """Argmax indices (flat in the H*W plane) of a non-overlapping max pool with stride = kernel."""
+    (n, c, h, w), (kh, kw) = x.shape, kernel
+    ho, wo = h // kh, w // kw
+    windows = x[:, :, :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw).transpose(0, 1, 2, 4, 3, 5)
+    arg = windows.reshape(n, c, ho, wo, kh * kw).argmax(axis=-1)
+    rows = np.arange(ho)[:, None] * kh + arg // kw
+    cols = np.arange(wo)[None, :] * kw + arg % kw
+    return (rows * w + cols).astype(np.int64)
+
+
+def _max_unpool2d_cases(rng: np.random.Generator) -> list[Case]:
+    a = _pool_indices(rng.normal(size=(2, 3, 6, 5)), (2, 2))
+    b = _pool_indices(rng.normal(size=(1, 2, 7, 7)), (3, 2))
+    return [
+        Case((rng.normal(size=a.shape), a), {"output_size": (6, 5)}, "2x2 pool of 6x5, odd width"),
+        Case((rng.normal(size=b.shape), b), {"output_size": (7, 7)}, "batch 1, 3x2 pool of 7x7"),
+    ]
+
+
+def _linear_cases(rng: np.random.Generator) -> list[Case]:
+    n = rng.normal
+    return [
+        Case((n(size=(4, 7)), n(size=(3, 7)), n(size=3)), label="batch 4"),
+        Case((n(size=(1, 5)), n(size=(2, 5)), None), label="batch 1, bias None"),
+    ]
+
+
+def _reshape_cases(rng: np.random.Generator) -> list[Case]:
+    return [
+        Case((rng.normal(size=(2, 3, 4)),), {"shape": (2, -1)}, "flatten"),
+        Case((rng.normal(size=(3, 4)),), {"shape": (-1, 2, 3)}, "unflatten with -1 first"),
+    ]
+
+
+def _torch_conv2d(x, w, b, stride, padding):
+    import torch.nn.functional as F
+
+    return F.conv2d(x, w, b, stride=stride, padding=padding)
+
+
+def _torch_conv_transpose2d(x, w, b, stride, padding, output_padding):
+    import torch.nn.functional as F
+
+    return F.conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=output_padding)
+
+
+def _torch_max_pool2d(x, kernel, stride):
+    import torch.nn.functional as F
+
+    return F.max_pool2d(x, kernel, stride, return_indices=True)
+
+
+def _torch_max_unpool2d(x, indices, output_size):
+    import torch.nn.functional as F
+
+    # F.max_unpool2d uses kernel and stride only to validate output_size; with
+    # stride 1 and kernel H - h + 1 the default output size is exactly (H, W).
+    (h, w), (oh, ow) = x.shape[-2:], output_size
+    return F.max_unpool2d(x, indices, (oh - h + 1, ow - w + 1), stride=1, output_size=output_size)
+
+
+def _torch_linear(x, w, b):
+    import torch.nn.functional as F
+
+    return F.linear(x, w, b)
+
+
+def _torch_reshape(x, shape):
+    return x.reshape(shape)
+
+
+SPECS = [
+    OpSpec(
+        "conv2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), cases=_conv2d_cases,
+        torch=_torch_conv2d,
+        doc="y[n,o] = b[o] + sum_c,i,j w[o,c,i,j] x_pad[n,c,h*sh+i,w*sw+j] (cross-correlation, zero padding)",
+    ),
+    OpSpec(
+        "conv_transpose2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"),
+        cases=_conv_transpose2d_cases, torch=_torch_conv_transpose2d,
+        doc="adjoint of conv2d in its input; w is (Cin, Cout, kh, kw); H_out = (H-1)s - 2p + k + output_padding",
+    ),
+    OpSpec(
+        "max_pool2d", inputs=("x",), differentiable=("x",), cases=_max_pool2d_cases, aux=("indices",),
+        torch=_torch_max_pool2d,
+        doc="window maxima (floor mode, no padding) and int64 flat H*W-plane indices; first max wins",
+    ),
+    OpSpec(
+        "max_unpool2d", inputs=("x", "indices"), differentiable=("x",), cases=_max_unpool2d_cases,
+        torch=_torch_max_unpool2d, doc="zero (N, C, H, W) plane with y.plane[indices] = x",
+    ),
+    OpSpec(
+        "linear", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), cases=_linear_cases,
+        torch=_torch_linear, doc="y = x @ w.T + b",
+    ),
+    OpSpec(
+        "reshape", inputs=("x",), differentiable=("x",), cases=_reshape_cases, torch=_torch_reshape,
+        doc="y = x.reshape(shape); shape may contain one -1",
+    ),
+]

@@ -1,0 +1,180 @@
+"""Activations, softmax, batch norm, dropout: torch parity, stability, running statistics, errors."""
+
+import numpy as np
+import pytest
+
+from nbclust.backend import get_backend
+from nbclust.gradcheck import run_op
+from nbclust.optable import OPS
+from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
+
+from conftest import AVAILABLE_BACKENDS
+
+NAMES = ["sigmoid", "tanh", "relu", "leaky_relu", "selu", "softmax", "log_softmax", "batch_norm", "dropout"]
+
+
+def _rel_err(got, want):
+    return float(np.max(np.abs(got - want), initial=0.0)) / max(float(np.max(np.abs(want), initial=0.0)), 1e-30)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_and_gradients_match_torch_float64(name, backend):
+    torch = pytest.importorskip("torch")
+    spec, b = OPS[name], get_backend(backend)
+    rng = np.random.default_rng(7)
+    for case in spec.cases(rng):
+        tensors = [torch.tensor(a, dtype=torch.float64, requires_grad=spec.is_differentiable(k))
+                   for k, a in enumerate(case.inputs)]
+        want = spec.torch(*tensors, **case.attrs)
+        want = want if isinstance(want, tuple) else (want,)
+        grad_out = rng.normal(size=tuple(want[0].shape))
+        want[0].backward(torch.from_numpy(grad_out))
+        outs, grads = run_op(b, spec, case.inputs, case.attrs, grad_out)
+        assert len(outs) == len(want) == 1 + len(spec.aux)
+        for got, ref in zip(outs, want):
+            assert _rel_err(got, ref.detach().numpy()) <= 1e-12, f"{name} [{case.label}] forward"
+        for k, t in enumerate(tensors):
+            if spec.is_differentiable(k):
+                err = _rel_err(grads[k], t.grad.numpy())
+                assert err <= 1e-10, f"{name} [{case.label}] grad {spec.inputs[k]}: {err:.2e}"
+            else:
+                assert grads[k] is None
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+@pytest.mark.parametrize("shape", [(8, 3, 5, 4), (10, 6)])
+def test_batch_norm_running_statistics_follow_torch(shape, backend):
+    torch = pytest.importorskip("torch")
+    b, c = get_backend(backend), shape[1]
+    module = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(c, momentum=0.2, eps=1e-4)
+    module = module.double()
+    rng = np.random.default_rng(3)
+    gamma, beta = rng.normal(1.0, 0.3, size=c), rng.normal(size=c)
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(gamma))
+        module.bias.copy_(torch.from_numpy(beta))
+    rm, rv = np.zeros(c), np.ones(c)
+    op = b.op("batch_norm")
+    attrs = {"training": True, "momentum": 0.2, "eps": 1e-4}
+    for step in range(4):
+        x = rng.normal(loc=step, scale=1.0 + step, size=shape)
+        (y, new_rm, new_rv), _ = op.forward(x, gamma, beta, rm, rv, **attrs)
+        rm, rv = new_rm, new_rv
+        y_torch = module.train()(torch.from_numpy(x)).detach().numpy()
+        assert _rel_err(y, y_torch) <= 1e-12
+    assert _rel_err(rm, module.running_mean.numpy()) <= 1e-12
+    assert _rel_err(rv, module.running_var.numpy()) <= 1e-12
+    x = rng.normal(size=shape)
+    (y, same_rm, same_rv), _ = op.forward(x, gamma, beta, rm, rv, **{**attrs, "training": False})
+    assert np.array_equal(same_rm, rm) and np.array_equal(same_rv, rv)
+    assert _rel_err(y, module.eval()(torch.from_numpy(x)).detach().numpy()) <= 1e-12
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+def test_batch_norm_does_not_modify_its_inputs(backend):
+    rng = np.random.default_rng(0)
+    x, gamma, beta = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=3), rng.normal(size=3)
+    rm, rv = rng.normal(size=3), rng.uniform(0.5, 1.5, size=3)
+    copies = [a.copy() for a in (x, gamma, beta, rm, rv)]
+    (y, new_rm, new_rv), _ = get_backend(backend).op("batch_norm").forward(x, gamma, beta, rm, rv, training=True)
+    for a, a0 in zip((x, gamma, beta, rm, rv), copies):
+        assert np.array_equal(a, a0)
+    assert not np.shares_memory(new_rm, rm) and not np.shares_memory(new_rv, rv)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+def test_softmax_on_huge_logits_stays_finite(backend, dtype):
+    b = get_backend(backend)
+    x = np.array([[1e4, 0.0, -1e4], [-1e4, -1e4, -1e4], [1e4, 1e4, 0.0]], dtype=dtype)
+    g = np.ones_like(x)
+    (p,), (dp,) = run_op(b, OPS["softmax"], (x,), {}, g)
+    (lp,), (dlp,) = run_op(b, OPS["log_softmax"], (x,), {}, g)
+    for a in (p, dp, lp, dlp):
+        assert a.dtype == dtype and np.all(np.isfinite(a))
+    np.testing.assert_allclose(p, [[1, 0, 0], [1 / 3] * 3, [0.5, 0.5, 0]], atol=1e-7)
+    np.testing.assert_allclose(lp, [[0, -1e4, -2e4], [-np.log(3)] * 3, [-np.log(2)] * 2 + [-1e4 - np.log(2)]],
+                               rtol=1e-6)
+
+
+def test_selu_constants_equal_torch():
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert F.selu(one).item() == SELU_SCALE
+    assert abs(-F.selu(-100 * one).item() - SELU_SCALE * SELU_ALPHA) <= 1e-15 * SELU_SCALE * SELU_ALPHA
+    assert SELU_ALPHA == 1.6732632423543772848170429916717
+    assert SELU_SCALE == 1.0507009873554804934193349852946
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+def test_dropout_bool_mask_equals_float_mask(backend):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    mask = rng.random((3, 5)) >= 0.3
+    op = get_backend(backend).op("dropout")
+    (y_bool, ctx_bool), (y_float, ctx_float) = op.forward(x, mask, p=0.3), op.forward(x, mask.astype(np.float32), p=0.3)
+    assert y_bool.dtype == np.float32
+    np.testing.assert_array_equal(y_bool, y_float)
+    np.testing.assert_array_equal(op.backward(x, ctx_bool)[0], op.backward(x, ctx_float)[0])
+    np.testing.assert_allclose(y_bool, np.where(mask, x / 0.7, 0.0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES[:7])
+def test_cpu_activations_accept_non_contiguous_input(name):
+    x = np.random.default_rng(0).normal(size=(6, 4)).T  # Fortran-ordered view
+    x = np.sign(x) * (0.05 + np.abs(x))
+    got, _ = get_backend("cpu").op(name).forward(x)
+    want, _ = get_backend("reference").op(name).forward(x)
+    assert _rel_err(got, want) <= 1e-12
+
+
+def test_cpu_batch_norm_is_deterministic():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4, 9, 9)).astype(np.float32)
+    args = (x, np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32), np.ones(4, np.float32))
+    op = get_backend("cpu").op("batch_norm")
+    runs = []
+    for _ in range(2):
+        (y, rm, rv), ctx = op.forward(*args, training=True)
+        runs.append((y, rm, rv, *op.backward(x, ctx)[:3]))
+    for a, b in zip(*runs):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
+def _bn_args(shape, c=None):
+    c = shape[1] if c is None else c
+    return (np.ones(shape), np.ones(c), np.zeros(c), np.zeros(c), np.ones(c))
+
+
+BAD_ARGUMENTS = [
+    ("softmax", (np.ones(4),), {}, "2-D"),
+    ("log_softmax", (np.ones((2, 3, 4)),), {}, "2-D"),
+    ("dropout", (np.ones((2, 3)), np.ones((2, 3))), {"p": 1.0}, r"\[0, 1\)"),
+    ("dropout", (np.ones((2, 3)), np.ones((2, 3))), {"p": -0.1}, r"\[0, 1\)"),
+    ("dropout", (np.ones((2, 3)), np.ones((3, 2))), {"p": 0.5}, "mask shape"),
+    ("batch_norm", _bn_args((2, 3, 4)), {"training": True}, "2-D .* or 4-D"),
+    ("batch_norm", _bn_args((2, 3), c=4), {"training": True}, "gamma has shape"),
+    ("batch_norm", _bn_args((1, 3)), {"training": True}, "more than 1 value per channel"),
+    ("batch_norm", _bn_args((4, 3)), {"training": False, "eps": 0.0}, "eps must be positive"),
+]
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+@pytest.mark.parametrize("name, inputs, attrs, message", BAD_ARGUMENTS)
+def test_bad_arguments_raise_value_error(name, inputs, attrs, message, backend):
+    with pytest.raises(ValueError, match=message):
+        get_backend(backend).op(name).forward(*inputs, **attrs)
+
+
+def test_batch_norm_eval_accepts_a_single_sample():
+    (y, _, _), _ = get_backend("cpu").op("batch_norm").forward(*_bn_args((1, 3)), training=False)
+    assert np.all(np.isfinite(y))
+
+
+def test_cpu_rejects_integer_input():
+    with pytest.raises(ValueError, match="float32 or float64"):
+        get_backend("cpu").op("relu").forward(np.arange(4))
