@@ -1,0 +1,85 @@
+"""``KMeansPixels``: the k-means-on-raw-pixels baseline behind ``--method kmeans``.
+
+sklearn ``KMeans`` (k-means++ init, ``n_init=20`` restarts, the best inertia kept) on the
+flattened images scaled to [0, 1] (uint8 / 255).  It follows the estimator contract
+where it applies: one "cluster" epoch reported through ``callback``, ``labels_``,
+``cluster_centers_`` (in pixel space, the embedding), ``transform``, ``predict``,
+``save``/``load``; there is no training state to checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+
+from nbclust.io import load_state, save_state
+
+
+class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
+    def __init__(self, n_clusters=10, *, n_init=20, random_state=None, verbose=0):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @staticmethod
+    def _flat(X):
+        X = np.asarray(X)
+        if X.ndim not in (3, 4) or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (N, H, W) or (N, C, H, W) with N > 0, got {X.shape}")
+        Z = X.reshape(X.shape[0], -1).astype(np.float64)
+        if X.dtype == np.uint8:
+            Z /= 255.0
+        if not np.isfinite(Z).all():
+            raise ValueError("X contains NaN or Inf values")
+        return Z
+
+    def fit(self, X, y=None, *, callback=None, resume=None):
+        from sklearn.cluster import KMeans
+
+        from nbclust.metrics import ari, cluster_acc, nmi
+
+        if resume is not None:
+            raise ValueError("kmeans has no training state to resume from")
+        Z = self._flat(X)
+        if not isinstance(self.n_clusters, (int, np.integer)) or not 2 <= self.n_clusters <= len(Z):
+            raise ValueError(f"n_clusters must be an integer in [2, {len(Z)}], got {self.n_clusters!r}")
+        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        t0 = time.perf_counter()
+        km = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.random_state).fit(Z)
+        self.labels_ = km.labels_.astype(np.int64)
+        self.cluster_centers_ = km.cluster_centers_
+        self.image_shape_ = tuple(np.shape(X)[1:])
+        record = {"phase": "cluster", "epoch": 1, "inertia": float(km.inertia_), "seconds": time.perf_counter() - t0}
+        if y is not None:
+            record.update(acc=cluster_acc(y, self.labels_), nmi=nmi(y, self.labels_), ari=ari(y, self.labels_))
+        self.history_ = [record]
+        if callback is not None:
+            callback(self, record)
+        return self
+
+    def transform(self, X):
+        """The flattened [0, 1] pixels (the space k-means works in)."""
+        return self._flat(X)
+
+    def predict(self, X):
+        Z = self._flat(X)
+        C = self.cluster_centers_
+        return np.argmin((Z**2).sum(1)[:, None] - 2 * Z @ C.T + (C**2).sum(1), axis=1).astype(np.int64)
+
+    def save(self, path):
+        meta = {"class": type(self).__name__, "params": self.get_params(), "image_shape": list(self.image_shape_)}
+        save_state(path, {"cluster_centers_": self.cluster_centers_, "labels_": self.labels_}, meta)
+
+    @classmethod
+    def load(cls, path):
+        arrays, meta = load_state(path)
+        if meta.get("class") != cls.__name__:
+            raise ValueError(f"{path}: holds a {meta.get('class')}, not a {cls.__name__}")
+        est = cls(**meta["params"])
+        est.cluster_centers_, est.labels_ = arrays["cluster_centers_"], arrays["labels_"]
+        est.image_shape_ = tuple(meta["image_shape"])
+        return est

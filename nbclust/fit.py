@@ -1,0 +1,469 @@
+"""``python -m nbclust.fit``: cluster an image data set with one method and write the results.
+
+Exit status: 0 on success, 2 on a bad argument or bad data (one line ``error: ...`` on stderr,
+nothing written), 130 when interrupted by Ctrl-C (a checkpoint is written first when an epoch
+has finished; continue with ``--resume DIR``).  ``main(argv)`` returns 0 on success and raises
+``SystemExit`` otherwise.  Heavy modules (numpy, numba, sklearn) are imported only after the
+arguments are parsed, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from nbclust import __version__
+
+# --method name -> (module, class)
+METHODS = {
+    "dcae": ("nbclust.methods.dcae", "DCAE"),
+    "dbc": ("nbclust.methods.dbc", "DBC"),
+    "dctl": ("nbclust.methods.dctl", "DCTL"),
+    "depict": ("nbclust.methods.depict", "DEPICT"),
+    "fcae-kmeans": ("nbclust.methods.dbc", "FCAEKMeans"),
+    "dcec": ("nbclust.methods.dcec", "DCEC"),
+    "kmeans": ("nbclust.baseline", "KMeansPixels"),
+}
+BACKENDS = ("cpu", "reference", "cuda")
+DATASETS = ("digits", "mnist", "mnist-test", "mnist-full", "fashion-mnist", "fashion-mnist-train",
+            "fashion-mnist-test", "usps", "coil20", "yaleb")  # = nbclust.datasets.NAMES
+CHECKPOINT = "checkpoint.npz"
+
+# Options that map onto an estimator parameter of the same meaning: (flag, parameter, type, help).
+# Their default is the chosen method's own (the paper's value); a flag the method lacks is an error.
+TRAINING = [
+    ("--epochs", "epochs", int, "clustering-phase epochs (> 0)"),
+    ("--pretrain-epochs", "pretrain_epochs", int, "autoencoder pretraining epochs (>= 0)"),
+    ("--batch-size", "batch_size", int, "mini-batch size (> 0)"),
+    ("--lr", "lr", float, "learning rate (> 0)"),
+    ("--tol", "tol", float, "stop when fewer than this fraction of assignments change"),
+]
+HYPER = [
+    ("--alpha", "alpha", float, "DBC: target sharpening exponent alpha (paper: 2)"),
+    ("--lam", "lam", float, "DCAE: k-means loss weight lambda (0.2); DCTL: regulariser weight lambda (0.001)"),
+    ("--mu", "mu", float, "DCTL: clustering term weight mu (1)"),
+    ("--gamma", "gamma", float, "DCEC: clustering loss weight gamma (0.1)"),
+    ("--target", "target", str, "DEPICT: target distribution, paper|code"),
+    ("--normalization", "normalization", str, "DBC: target normalisation, boosted|soft|none"),
+    ("--n-layers", "n_layers", int, "DCTL: transform layers, 1|2"),
+    ("--momentum", "momentum", float, "DCAE: SGD momentum (0.9)"),
+    ("--weight-decay", "weight_decay", float, "DCAE: SGD weight decay (5e-4)"),
+    ("--cluster-lr", "cluster_lr", float, "DBC: clustering-stage learning rate"),
+    ("--update-interval", "update_interval", int, "DCEC: batches between target updates (140)"),
+    ("--embedding-dim", "embedding_dim", int, "DCAE, DCEC: embedding size (10)"),
+    ("--dropout", "dropout", float, "DEPICT: input and hidden dropout rate (0.1)"),
+    ("--n-init", "n_init", int, "k-means restarts (kmeans, DBC, DCEC: 20)"),
+]
+DEFAULTS = {
+    "data": "digits", "data_home": None, "download": False, "n_clusters": None, "backend": "cpu",
+    "threads": None, "seed": 0, "out": None, "plot": False, "checkpoint_every": 10, "quiet": False,
+    "param": [],
+}
+
+
+class _ArgError(Exception):
+    """A usage error from argparse, reported as one ``error:`` line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _ArgError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    S = argparse.SUPPRESS
+    p = _Parser(
+        prog="python -m nbclust.fit", argument_default=S,
+        description="Cluster images with a deep clustering method; print ACC/NMI/ARI and write the "
+        "results (metrics.json, labels, embedding, centres, model, history, config) to --out.",
+        epilog="Precedence: defaults < --config file < checkpoint (with --resume) < command line.",
+    )
+    p.add_argument("--method", choices=list(METHODS), help="clustering method (required; kmeans = "
+                   "sklearn KMeans on raw pixels, n_init=20)")
+    p.add_argument("--data", metavar="NAME|PATH", help=f"data set name ({', '.join(DATASETS)}) or a "
+                   ".npz/.npy/IDX file or PNG folder (default: digits)")
+    p.add_argument("--data-home", metavar="DIR", help="first folder searched for named data sets "
+                   "(default: $NBCLUST_DATA, ~/.cache/nbclust, /usr/share/datasets)")
+    p.add_argument("--download", action="store_true", help="download a missing named data set (default: off)")
+    p.add_argument("--n-clusters", type=int, metavar="K", help="number of clusters (default: the number "
+                   "of label values when the data have labels; required otherwise)")
+    for flag, _, typ, text in TRAINING:
+        p.add_argument(flag, type=typ, help=f"{text} (default: the method's own)")
+    g = p.add_argument_group("method hyperparameters (default: the paper's value; error if the method lacks one)")
+    for flag, _, typ, text in HYPER:
+        g.add_argument(flag, type=typ, help=text)
+    g.add_argument("--joint", action=argparse.BooleanOptionalAction,
+                   help="DCTL: joint transform + clustering learning (paper: --joint)")
+    g.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="any other estimator parameter; VALUE is a TOML literal (repeatable)")
+    p.add_argument("--backend", choices=BACKENDS, help="array backend (default: cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for Numba and BLAS (default: all)")
+    p.add_argument("--seed", type=int, help="random seed: same seed, same labels (default: 0)")
+    p.add_argument("--out", metavar="DIR", help="output folder, must be new or empty "
+                   "(default: ./nbclust-runs/<method>-<data>-<timestamp>)")
+    p.add_argument("--plot", action="store_true", help="also write PNG plots (needs matplotlib; default: off)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="write DIR/checkpoint.npz every N "
+                   "epochs, 0 = only on Ctrl-C (default: 10)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is in DIR "
+                   "(its options are reused; results go to DIR unless --out is given)")
+    p.add_argument("--config", metavar="FILE", help="TOML file of options (keys as the long options, "
+                   "e.g. n_clusters = 10); command-line flags override it")
+    p.add_argument("--quiet", action="store_true", help="no progress output, only the final table (default: off)")
+    p.add_argument("--version", action="version", version=f"nbclust {__version__}")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run the command line; 0 on success, ``SystemExit`` (2 or 130) otherwise."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc.args[0] if exc.args else 'no epoch finished, nothing saved'}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, OSError, _ArgError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------------------- options
+def _settings(argv):
+    """The merged options (dict) and the checkpoint to resume from (or None)."""
+    given = vars(build_parser().parse_args(argv))
+    if "data" in given:
+        given["data"] = _norm_data(given["data"])
+    opts = dict(DEFAULTS)
+    if "config" in given:
+        opts.update(_read_config(given["config"]))
+    checkpoint = None
+    if "resume" in given:
+        checkpoint, saved = _read_checkpoint(Path(given["resume"]))
+        for key in ("method", "data"):
+            if key in given and given[key] != saved.get(key):
+                raise ValueError(
+                    f"--resume {given['resume']}: the checkpoint is from {key} {saved.get(key)!r}, "
+                    f"not {given[key]!r}; resume without --{key} or start a new run"
+                )
+        opts.update(saved)
+        opts["out"] = given.get("out", given["resume"])
+    opts.update(given)
+    if opts.get("method") is None:
+        raise ValueError("--method is required (one of " + ", ".join(METHODS) + ")")
+    for key in ("epochs", "batch_size", "lr"):
+        if key in opts and not opts[key] > 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {opts[key]}")
+    if "pretrain_epochs" in opts and opts["pretrain_epochs"] < 0:
+        raise ValueError(f"--pretrain-epochs must be >= 0, got {opts['pretrain_epochs']}")
+    if opts["checkpoint_every"] < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0, got {opts['checkpoint_every']}")
+    if opts["threads"] is not None and opts["threads"] < 1:
+        raise ValueError(f"--threads must be >= 1, got {opts['threads']}")
+    return opts, checkpoint
+
+
+def _norm_data(data):
+    """Data set names stay; an existing path becomes absolute (config.toml reruns from anywhere)."""
+    data = str(data)
+    return data if data in DATASETS or not os.path.exists(data) else os.path.abspath(data)
+
+
+def _read_config(path):
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {path}: not valid TOML ({exc})") from None
+    actions = {a.dest: a for a in build_parser()._actions if a.dest not in ("help", "version", "config", "resume")}
+    out = {}
+    for key, value in cfg.items():
+        k = key.replace("-", "_")
+        if k not in actions:
+            raise ValueError(f"--config {path}: unknown key {key!r}")
+        _check_config_value(path, key, actions[k], value)
+        out[k] = _norm_data(value) if k == "data" else value
+    return out
+
+
+def _check_config_value(path, key, action, value):
+    """The type and choices argparse would enforce on the command line."""
+    if isinstance(action, argparse._AppendAction):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        want = "a list of strings"
+    elif action.nargs == 0:  # store_true, --joint/--no-joint
+        ok, want = isinstance(value, bool), "true or false"
+    elif action.type is int:
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif action.type is float:
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, want = isinstance(value, str), "a string"
+    if ok and action.choices is not None and value not in action.choices:
+        ok, want = False, "one of " + ", ".join(action.choices)
+    if not ok:
+        raise ValueError(f"--config {path}: {key} must be {want}, got {value!r}")
+
+
+def _read_checkpoint(folder):
+    from nbclust.io import load_state
+
+    path = folder / CHECKPOINT
+    if not path.exists():
+        raise ValueError(f"--resume {folder}: no {CHECKPOINT} there (only runs with checkpoints can be resumed)")
+    arrays, meta = load_state(path)
+    if "nbclust_fit" not in meta:
+        raise ValueError(f"--resume {folder}: {CHECKPOINT} was not written by python -m nbclust.fit")
+    return (arrays, meta), meta.pop("nbclust_fit")
+
+
+def _estimator(opts):
+    """The estimator built from ``opts``; a clear error for options the method does not have."""
+    import importlib
+
+    module, name = METHODS[opts["method"]]
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"method {opts['method']!r} is not available in this installation ({exc})") from None
+    kwargs = {"random_state": opts["seed"], "verbose": 0}
+    if opts["n_clusters"] is not None:
+        kwargs["n_clusters"] = opts["n_clusters"]
+    if "backend" in cls().get_params():
+        kwargs["backend"] = opts["backend"]
+    elif opts["backend"] != "cpu":
+        raise ValueError(f"--backend does not apply to method {opts['method']!r}")
+    flags = {param: flag for flag, param, _, _ in TRAINING + HYPER}
+    flags["joint"] = "--joint/--no-joint"
+    kwargs.update({param: opts[param] for param in flags if param in opts})
+    for item in opts["param"]:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE")
+        flags[key] = f"--param {key}"
+        kwargs[key] = _toml_value(value)
+    valid = cls().get_params()
+    for key in kwargs:
+        if key not in valid:
+            own = ", ".join(k for k in valid if k not in ("random_state", "verbose"))
+            raise ValueError(f"{flags.get(key, key)} does not apply to method {opts['method']!r} (its parameters: {own})")
+    return cls(**kwargs)
+
+
+def _toml_value(text):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _toml(opts) -> str:
+    """Flat TOML of the options needed to rerun (strings via JSON escapes, which TOML accepts)."""
+    lines = [f"# python -m nbclust.fit --config config.toml  (nbclust {__version__})"]
+    for k, v in opts.items():
+        if v is None or k in ("out", "resume", "config"):
+            continue
+        if isinstance(v, (bool, int, float)):
+            lines.append(f"{k} = {json.dumps(v)}")
+        elif isinstance(v, list):
+            lines.append(f"{k} = [{', '.join(json.dumps(str(x)) for x in v)}]")
+        else:
+            lines.append(f"{k} = {json.dumps(str(v))}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- run
+def _out_dir(opts, resuming):
+    if opts["out"] is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = Path(str(opts["data"])).name.replace(".", "_")
+        opts["out"] = str(Path("nbclust-runs") / f"{opts['method']}-{name}-{stamp}-{os.getpid()}")
+    out = Path(opts["out"])
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; name a new folder")
+    if out.is_dir() and any(out.iterdir()) and not (resuming and (out / CHECKPOINT).exists()):
+        hint = f" or --resume {out}" if (out / CHECKPOINT).exists() else ""
+        raise ValueError(f"--out {out} already exists and is not empty; choose a new folder{hint}")
+    return out
+
+
+def _run(argv):
+    opts, checkpoint = _settings(argv)
+    out = _out_dir(opts, checkpoint is not None)
+    if opts["plot"]:
+        from nbclust.plots import require_matplotlib
+
+        require_matplotlib()
+    import numpy as np
+
+    from nbclust import datasets
+
+    if opts["backend"] != "cpu" and opts["method"] != "kmeans":
+        from nbclust.backend import get_backend
+
+        get_backend(opts["backend"])  # ValueError for cuda without CuPy or GPU
+    X, y = datasets.load(opts["data"], data_home=opts["data_home"], download=opts["download"])
+    if opts["n_clusters"] is None:
+        if y is None:
+            raise ValueError("--n-clusters is required: the data have no labels to count classes from")
+        opts["n_clusters"] = int(len(np.unique(y)))
+    if not 2 <= opts["n_clusters"] <= len(X):
+        raise ValueError(f"--n-clusters must be between 2 and the number of images ({len(X)}), got {opts['n_clusters']}")
+    est = _estimator(opts)
+    _set_threads(opts["threads"])
+    state = {"last": None, "out": out}
+    t0 = time.perf_counter()
+    from nbclust.progress import Progress
+
+    progress = Progress(_total_epochs(est), quiet=opts["quiet"])
+
+    def callback(est_, record):
+        if hasattr(est_, "training_state"):
+            arrays, meta = est_.training_state()
+            meta = json.loads(json.dumps(meta))
+            meta["nbclust_fit"] = {k: v for k, v in opts.items() if k not in ("resume", "config")}
+            state["last"] = ({k: np.array(v, copy=True) for k, v in arrays.items()}, meta)
+            every = opts["checkpoint_every"]
+            if every and record["epoch"] % every == 0:
+                _write_checkpoint(out, state["last"])
+        progress(est_, record)
+
+    try:
+        with _thread_limit(opts["threads"]):
+            est.fit(X, y, callback=callback, resume=checkpoint)
+    except KeyboardInterrupt:
+        progress.close()
+        if state["last"] is None:
+            raise
+        _write_checkpoint(out, state["last"])
+        epoch = state["last"][1].get("epoch")
+        raise KeyboardInterrupt(f"checkpoint of epoch {epoch} saved; continue with --resume {out}") from None
+    progress.close()
+    metrics = _write_outputs(out, opts, est, X, y, time.perf_counter() - t0)
+    _print_summary(opts, metrics, out)
+    return 0
+
+
+def _total_epochs(est):
+    p = est.get_params()
+    return int(p.get("epochs", 1) or 0) + int(p.get("pretrain_epochs", 0) or 0)
+
+
+def _set_threads(n):
+    if n is not None:
+        import numba
+
+        if n > numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"--threads {n} exceeds the {numba.config.NUMBA_NUM_THREADS} threads available")
+        numba.set_num_threads(n)
+
+
+def _thread_limit(n):
+    import contextlib
+
+    if n is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(n)
+
+
+def _write_checkpoint(out, state):
+    from nbclust.io import save_state
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_state(out / CHECKPOINT, *state)
+
+
+def _write_outputs(out, opts, est, X, y, wall):
+    """Write every result into a temporary folder beside ``out`` and rename it onto ``out``."""
+    import platform
+    import tempfile
+
+    import numba
+    import numpy as np
+    import sklearn
+
+    from nbclust import io
+    from nbclust.metrics import ari, cluster_acc, nmi
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        labels = np.asarray(est.labels_, dtype=np.int64)
+        embedding = est.transform(X)
+        history = list(est.history_)
+        metrics = {"method": opts["method"], "data": str(opts["data"]), "n_images": int(len(X)),
+                   "image_shape": list(np.shape(X)[1:]), "n_clusters": int(opts["n_clusters"])}
+        if y is not None:
+            metrics.update(acc=cluster_acc(y, labels), nmi=nmi(y, labels), ari=ari(y, labels))
+        metrics.update(
+            wall_seconds=round(wall, 3), epochs=len(history),
+            train_seconds=round(sum(r.get("seconds", 0.0) for r in history), 3),
+            params={k: v for k, v in est.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))},
+            versions={"nbclust": __version__, "numpy": np.__version__, "numba": numba.__version__,
+                      "scikit-learn": sklearn.__version__, "python": platform.python_version()},
+        )
+        io.write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        io.write_npy(tmp / "labels.npy", labels)
+        rows = ["index,label" + (",true_label" if y is not None else "")]
+        rows += [f"{i},{lab}" + (f",{y[i]}" if y is not None else "") for i, lab in enumerate(labels)]
+        io.write_text(tmp / "labels.csv", "\n".join(rows) + "\n")
+        io.write_npy(tmp / "embedding.npy", embedding)
+        io.write_npy(tmp / "centers.npy", np.asarray(est.cluster_centers_))
+        est.save(tmp / "model.npz")
+        io.write_text(tmp / "history.csv", _history_csv(history))
+        io.write_text(tmp / "config.toml", _toml(opts))
+        if opts["plot"]:
+            from nbclust.plots import make_plots
+
+            make_plots(tmp, est, X, y, labels, embedding, history, seed=opts["seed"])
+        tmp.chmod(0o777 & ~io.current_umask())  # mkdtemp makes it 0700
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _replace_dir(tmp, out):
+    """Rename ``tmp`` onto ``out``; an existing ``out`` (checkpoint only, or empty) is removed."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _history_csv(history) -> str:
+    keys = []
+    for r in history:
+        keys += [k for k in r if k not in keys]
+    lines = [",".join(keys)]
+    for r in history:
+        lines.append(",".join("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k])) for k in keys))
+    return "\n".join(lines) + "\n"
+
+
+def _print_summary(opts, metrics, out):
+    from nbclust.progress import summary_table
+
+    rows = {"method": opts["method"], "data": metrics["data"], "images": metrics["n_images"],
+            "clusters": metrics["n_clusters"]}
+    for k in ("acc", "nmi", "ari"):
+        if k in metrics:
+            rows[k.upper()] = metrics[k]
+    rows.update({"epochs": metrics["epochs"], "fit time": f"{metrics['wall_seconds']:.1f}s", "output": str(out)})
+    print(summary_table(rows))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

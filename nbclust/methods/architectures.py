@@ -1,0 +1,160 @@
+"""Network builders of DCAE, DBC's FCAE and DCEC, with their rules for any image size.
+
+Every builder takes ``image_shape = (C, H, W)`` and the layer keywords
+``backend``, ``dtype``, ``rng`` and returns ``(encoder, decoder)`` Sequentials;
+``decoder(encoder(x))`` has the shape of ``x``.  Kernel sizes are per axis, so
+non-square images work too.
+"""
+
+from __future__ import annotations
+
+import math
+
+from nbclust import nn
+
+
+def _kw(backend, dtype, rng):
+    return {"backend": backend, "dtype": dtype, "rng": rng}
+
+
+def dcae_kernels(side: int) -> tuple[int, int, int]:
+    """Kernel sizes of DCAE along one axis: (encoder conv k, decoder convT a, decoder convT b).
+
+    The paper (28x28): two valid 9x9 convs (28 -> 20 -> 12), and the decoder
+    12x12 then 17x17 transposed convs (1 -> 12 -> 28).  Rule for a side S:
+    k = max(2, round(9 S / 28)), the feature side S - 2(k - 1) is the first
+    transposed kernel a, and b = S - a + 1 restores S (28 -> 9, 12, 17;
+    8 -> 3, 4, 5; 16 -> 5, 8, 9; 32 -> 10, 14, 19; 64 -> 21, 24, 41).
+    """
+    k = max(2, round(9 * side / 28))
+    a = side - 2 * (k - 1)
+    return k, a, side - a + 1
+
+
+def dcae(image_shape, embedding_dim=10, hidden=250, *, backend="cpu", dtype=None, rng=None):
+    """DCAE (seeds 000/001): conv k x8 -> conv k x4 -> dense 250 -> dense 10, mirrored decoder.
+
+    Decoder: dense 250 -> reshape 250x1x1 -> convT (a x a, 4 maps) -> convT (b x b, C maps).
+    Sigmoid after every layer (seed 001: "a standard sigmoid activation function"),
+    Xavier-uniform weights, zero biases.
+    """
+    kw = _kw(backend, dtype, rng)
+    C, H, W = image_shape
+    (kh, ah, bh), (kw_, aw, bw) = dcae_kernels(H), dcae_kernels(W)
+    feat = 4 * (H - 2 * (kh - 1)) * (W - 2 * (kw_ - 1))
+    enc = nn.Sequential(
+        nn.Conv2d(C, 8, (kh, kw_), **kw), nn.Sigmoid(**kw),
+        nn.Conv2d(8, 4, (kh, kw_), **kw), nn.Sigmoid(**kw),
+        nn.Flatten(**kw),
+        nn.Linear(feat, hidden, **kw), nn.Sigmoid(**kw),
+        nn.Linear(hidden, embedding_dim, **kw), nn.Sigmoid(**kw),
+    )
+    dec = nn.Sequential(
+        nn.Linear(embedding_dim, hidden, **kw), nn.Sigmoid(**kw),
+        nn.Reshape((hidden, 1, 1), **kw),
+        nn.ConvTranspose2d(hidden, 4, (ah, aw), **kw), nn.Sigmoid(**kw),
+        nn.ConvTranspose2d(4, C, (bh, bw), **kw), nn.Sigmoid(**kw),
+    )
+    return enc, dec
+
+
+# DBC Table 2 columns: (conv kernel, filters, padding) per conv+pool block, then (feature kernel, filters).
+FCAE_TABLE = {
+    28: ([(5, 6, 0), (5, 16, 0)], 120),  # MNIST: 28 -> 24 -> 12 -> 8 -> 4 -> 1
+    16: ([(3, 20, 1), (3, 20, 1)], 160),  # USPS: 16 -> 16 -> 8 -> 8 -> 4 -> 1
+    128: ([(9, 20, 0), (5, 20, 0), (5, 20, 0), (5, 40, 0)], 320),  # COIL: 128 -> ... -> 4 -> 1
+}
+
+
+def fcae_plan(height: int, width: int):
+    """Blocks ``[(k, filters, pad)]`` and feature filters of the FCAE for an image size.
+
+    Square sizes of Table 2 (28, 16, 128) use the paper's column.  Any other
+    size uses USPS-style blocks (3x3 conv, 20 maps, padding 1, then 2x2 max-pool)
+    while the larger side exceeds 4, then a feature conv whose kernel is the
+    remaining map (so the feature layer is 1x1, as in all columns) with 160 maps.
+    """
+    if height == width and height in FCAE_TABLE:
+        return FCAE_TABLE[height]
+    blocks, side = [], max(height, width)
+    while side > 4:
+        blocks.append((3, 20, 1))
+        side //= 2
+    return blocks, 160
+
+
+def fcae(image_shape, *, backend="cpu", dtype=None, rng=None):
+    """DBC's fully convolutional auto-encoder (seed 002, Table 2), 1x1 feature layer.
+
+    Encoder: [conv -> BN -> ReLU -> max-pool 2] per block, conv (feature) -> BN -> ReLU -> flatten.
+    Decoder, "totally reversed": reshape -> convT (feature kernel) -> BN -> ReLU, then per
+    block max-unpool (paired with its pool) -> convT (same kernel and padding), with BN and
+    ReLU except on the output layer, which is linear (Euclidean loss).  Table 2 names no
+    activation; ReLU is our choice (it gives the sparse feature activations of Fig. 4).
+    """
+    kw = _kw(backend, dtype, rng)
+    C, H, W = image_shape
+    blocks, n_feat = fcae_plan(H, W)
+    enc, pools, sizes, ch, h, w = [], [], [], C, H, W
+    for k, f, p in blocks:
+        pool = nn.MaxPool2d(2, **kw)
+        enc += [nn.Conv2d(ch, f, k, padding=p, **kw), nn.BatchNorm2d(f, **kw), nn.ReLU(**kw), pool]
+        pools.append(pool)
+        sizes.append((ch, k, p))
+        ch, h, w = f, (h + 2 * p - k + 1) // 2, (w + 2 * p - k + 1) // 2
+    if min(h, w) < 1:
+        raise ValueError(f"images of size {H}x{W} are too small for the FCAE")
+    enc += [nn.Conv2d(ch, n_feat, (h, w), **kw), nn.BatchNorm2d(n_feat, **kw), nn.ReLU(**kw), nn.Flatten(**kw)]
+    dec = [nn.Reshape((n_feat, 1, 1), **kw), nn.ConvTranspose2d(n_feat, ch, (h, w), **kw)]
+    dec += [nn.BatchNorm2d(ch, **kw), nn.ReLU(**kw)]
+    for i in reversed(range(len(blocks))):
+        c_out, k, p = sizes[i]
+        dec += [nn.MaxUnpool2d(pools[i], **kw), nn.ConvTranspose2d(blocks[i][1], c_out, k, padding=p, **kw)]
+        if i > 0:
+            dec += [nn.BatchNorm2d(c_out, **kw), nn.ReLU(**kw)]
+    return nn.Sequential(*enc), nn.Sequential(*dec)
+
+
+def dcec_sizes(side: int) -> tuple[int, int, int, bool]:
+    """DCEC feature sides along one axis: S -> ceil(S/2) -> ceil(S/4) -> s3, and whether conv3 is "same".
+
+    As the reference DCEC code: conv3 is "same" when S % 8 == 0, else "valid".
+    """
+    s1 = math.ceil(side / 2)
+    s2 = math.ceil(s1 / 2)
+    same = side % 8 == 0
+    s3 = math.ceil(s2 / 2) if same else (s2 - 3) // 2 + 1
+    return s1, s2, s3, same
+
+
+def dcec(image_shape, embedding_dim=10, filters=(32, 64, 128), *, backend="cpu", dtype=None, rng=None):
+    """DCEC's convolutional auto-encoder (Guo et al. 2017, reference code CAE).
+
+    conv 32 k5 s2 "same" -> conv 64 k5 s2 "same" -> conv 128 k3 s2 (valid, or "same"
+    when S % 8 == 0) -> flatten -> dense 10 (linear embedding); decoder dense -> reshape ->
+    convT 64 k3 s2 -> convT 32 k5 s2 -> convT C k5 s2 (linear output), ReLU elsewhere.
+    Keras' "same" with stride 2 is padding 2 (k5) / 1 (k3); the transposed convs
+    take the output_padding that restores each encoder size exactly.
+    """
+    kw = _kw(backend, dtype, rng)
+    C, H, W = image_shape
+    (h1, h2, h3, sh), (w1, w2, w3, sw) = dcec_sizes(H), dcec_sizes(W)
+    if min(h3, w3) < 1:
+        raise ValueError(f"images of size {H}x{W} are too small for DCEC")
+    f1, f2, f3 = filters
+    p3 = (int(sh), int(sw))
+    enc = nn.Sequential(
+        nn.Conv2d(C, f1, 5, stride=2, padding=2, **kw), nn.ReLU(**kw),
+        nn.Conv2d(f1, f2, 5, stride=2, padding=2, **kw), nn.ReLU(**kw),
+        nn.Conv2d(f2, f3, 3, stride=2, padding=p3, **kw), nn.ReLU(**kw),
+        nn.Flatten(**kw), nn.Linear(f3 * h3 * w3, embedding_dim, **kw),
+    )
+    op3 = (h2 - 2 * h3 + 1 + 2 * p3[0] - 2, w2 - 2 * w3 + 1 + 2 * p3[1] - 2)
+    dec = nn.Sequential(
+        nn.Linear(embedding_dim, f3 * h3 * w3, **kw), nn.ReLU(**kw), nn.Reshape((f3, h3, w3), **kw),
+        nn.ConvTranspose2d(f3, f2, 3, stride=2, padding=p3, output_padding=op3, **kw), nn.ReLU(**kw),
+        nn.ConvTranspose2d(f2, f1, 5, stride=2, padding=2, output_padding=(h1 - 2 * h2 + 1, w1 - 2 * w2 + 1),
+                           **kw), nn.ReLU(**kw),
+        nn.ConvTranspose2d(f1, C, 5, stride=2, padding=2, output_padding=(H - 2 * h1 + 1, W - 2 * w1 + 1), **kw),
+    )
+    return enc, dec

@@ -1,0 +1,493 @@
+"""``DeepClusterer``: the base class of every nbclust estimator (the estimator contract).
+
+A subclass describes its method; the base runs the epochs, records history,
+checkpoints/resumes, saves/loads and validates.  API for subclasses (stable):
+
+Class attributes
+    ``_model_free_params``  hyperparameters that may differ on resume (default
+                            ``("verbose", "backend")``).
+    ``_state_attrs``        names of instance attributes (arrays or ``None``)
+                            saved in the training state besides the networks,
+                            e.g. ``("target_",)``; ``cluster_centers_`` is always saved.
+    ``_state_meta``         names of JSON-able instance attributes saved likewise
+                            (e.g. an iteration counter).
+    ``_min_size``           smallest supported image side (ValueError below it).
+
+Hooks (``X`` is the whole training set on the backend, (N, C, H, W), dtype ``self._dtype``)
+    ``_check_params()``                raise ValueError for bad hyperparameters.
+    ``_build(image_shape)``            create the networks; return ``{name: Module}``.
+    ``_phases()``                      ``[(phase_name, n_epochs), ...]`` in order.
+    ``_start_phase(phase, X)``         one-off work on entering a phase (k-means init ...);
+                                       not repeated on resume.
+    ``_make_optimizers(phase)``        ``{name: optimizer}`` for ``phase`` (called on entering
+                                       a phase, after ``_start_phase``, and on resume after
+                                       ``_after_load``).
+    ``_after_load()``                  re-attach loaded arrays (e.g. centres as a trainable
+                                       Parameter); called after a resume or ``load``.
+    ``_begin_epoch(phase, X)``         before the batches (recompute targets ...).
+    ``_batch_step(phase, X, idx)``     forward + backward on the batch ``X[idx]``
+                                       (gradients accumulate; the base zeroes them and
+                                       steps the optimizers); returns ``{term: float}``.
+                                       Setting ``self.converged_ = True`` there ends the
+                                       epoch and the phase without a step on that batch.
+    ``_end_epoch(phase, X)``           after the batches; returns a dict of extra record
+                                       entries; set ``self.converged_ = True`` to end the phase.
+    ``_embed(xb)``                     the embedding of a batch (eval mode; backend array).
+    ``_assign(Z)``                     labels from an embedding (numpy); default: nearest
+                                       row of ``cluster_centers_``.
+    ``_finish(X)``                     optional, after the last epoch.
+
+Helpers: ``self._rng`` (the single numpy Generator of the fit), ``self._seed()``
+(an int drawn from it, for layer initialisers and sklearn's KMeans),
+``self._backend``, ``self._dtype``, ``self.modules_``, ``self.optimizers_``,
+``self._embed_all(X)`` (embedding of the whole backend array, numpy),
+``self._batches(n)`` (shuffled index batches from ``self._rng``),
+``self._kmeans(Z, n_init)`` (sklearn KMeans seeded from ``self._rng``),
+``self._loss(name, *inputs, **attrs)`` (value and input gradients of a loss op).
+
+Mini-batches are drawn per epoch by ``self._rng.permutation``; the Generator's
+state is part of the training state, so a resumed fit replays the same batches.
+Draw every random number of a fit (dropout masks included) from ``self._rng``.
+
+Training state (``training_state()``, at an epoch boundary): arrays ``net.<module>.<key>``
+(parameters and buffers), ``attr.<name>`` (centres and ``_state_attrs``),
+``optim.<name>.<key>``; meta: class, hyperparameters, image shape, optimiser
+skeletons, the Generator state, phase / epoch counters, history, ``_state_meta``
+values and the data fingerprint (shape + SHA-1 of a row subsample).  ``fit(...,
+resume=state)`` refuses (ValueError) another class, other hyperparameters (all but
+``_model_free_params``) and other data.  ``save``/``load`` store the model part only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+
+from nbclust.backend import check_backend_name, get_backend
+from nbclust.io import load_state, save_state
+
+_REGISTRY: dict[str, type] = {}
+
+
+class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
+    """Base of the deep clustering estimators; see the module docstring for the subclass API."""
+
+    _model_free_params = ("verbose", "backend")
+    _state_attrs: tuple[str, ...] = ()
+    _state_meta: tuple[str, ...] = ()
+    _min_size = 8
+    _dtype = np.float32
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    # ------------------------------------------------------------------ hooks
+    def _check_params(self):
+        pass
+
+    def _build(self, image_shape):
+        raise NotImplementedError
+
+    def _phases(self):
+        raise NotImplementedError
+
+    def _make_optimizers(self, phase):
+        return {}
+
+    def _start_phase(self, phase, X):
+        pass
+
+    def _begin_epoch(self, phase, X):
+        pass
+
+    def _batch_step(self, phase, X, idx):
+        raise NotImplementedError
+
+    def _end_epoch(self, phase, X):
+        return {}
+
+    def _finish(self, X):
+        pass
+
+    def _embed(self, xb):
+        raise NotImplementedError
+
+    def _assign(self, Z):
+        C = self.cluster_centers_
+        d = (Z**2).sum(1)[:, None] - 2.0 * Z @ C.T + (C**2).sum(1)[None, :]
+        return np.argmin(d, axis=1).astype(np.int64)
+
+    # ---------------------------------------------------------- validation
+    def _check_common(self):
+        check_backend_name(self.backend)
+        self._backend = get_backend(self.backend)
+        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
+            raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}")
+        for name in ("epochs", "pretrain_epochs"):
+            v = getattr(self, name, 0)
+            if not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        bs = getattr(self, "batch_size", 1)
+        if not isinstance(bs, (int, np.integer)) or bs < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {bs!r}")
+        lr = getattr(self, "lr", 1.0)
+        if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        tol = getattr(self, "tol", 0.0)
+        if not (isinstance(tol, (int, float, np.floating)) and 0 <= tol < 1):
+            raise ValueError(f"tol must be in [0, 1), got {tol!r}")
+        self._check_params()
+
+    def _check_X(self, X, *, fitted=False) -> np.ndarray:
+        """(N, C, H, W) float array in [0, 1]-ish scale: uint8 / 255, floats checked finite."""
+        X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+        if X.ndim not in (3, 4):
+            raise ValueError(f"X must have shape (N, H, W) or (N, C, H, W), got {X.ndim}-D data of shape {X.shape}")
+        if X.shape[0] == 0:
+            raise ValueError("X is empty (no images)")
+        if X.dtype.kind not in "uif" or X.dtype == np.bool_:
+            raise ValueError(f"X must be numeric image data, got dtype {X.dtype}")
+        if X.ndim == 3:
+            X = X[:, None]
+        scale = 1.0 / 255.0 if X.dtype == np.uint8 else 1.0
+        X = np.asarray(X, dtype=self._dtype) * self._dtype(scale) if scale != 1.0 else np.asarray(X, dtype=self._dtype)
+        if X.dtype.kind == "f" and not np.isfinite(X).all():
+            raise ValueError("X contains NaN or Inf values")
+        shape = tuple(int(s) for s in X.shape[1:])
+        if fitted:
+            if shape != tuple(self.image_shape_):
+                raise ValueError(f"X has image shape {shape}, the model was fitted on {tuple(self.image_shape_)}")
+        elif min(shape[1:]) < self._min_size:
+            raise ValueError(
+                f"images of size {shape[1]}x{shape[2]} are too small for {type(self).__name__} "
+                f"(needs at least {self._min_size}x{self._min_size})"
+            )
+        return X
+
+    @staticmethod
+    def _fingerprint(X: np.ndarray) -> dict:
+        flat = X.reshape(X.shape[0], -1)
+        rows = flat[:: max(1, flat.shape[0] // 64)]
+        h = hashlib.sha1(np.ascontiguousarray(rows).tobytes())
+        h.update(np.ascontiguousarray(flat[-1]).tobytes())
+        return {"shape": list(X.shape), "hash": h.hexdigest()}
+
+    # ---------------------------------------------------------------- helpers
+    def _seed(self) -> int:
+        return int(self._rng.integers(0, 2**31 - 1))
+
+    def _batches(self, n: int):
+        perm = self._rng.permutation(n)
+        return [perm[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+
+    def _kmeans(self, Z: np.ndarray, n_init: int = 20):
+        """sklearn KMeans seeded from the Generator, single-threaded: OpenMP's spinning
+        threads make it 10-50x slower on a loaded machine, and n_clusters x N is small."""
+        from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
+
+        km = KMeans(self.n_clusters, n_init=n_init, random_state=self._seed())
+        with threadpool_limits(1):
+            km.fit(np.asarray(Z, dtype=np.float64))
+        return km
+
+    def _loss(self, name: str, *inputs, **attrs):
+        """``(value, grads)`` of the loss op ``name``: its float value and d value / d input."""
+        op = self._backend.op(name)
+        value, ctx = op.forward(*inputs, **attrs)
+        grads = op.backward(self._backend.xp.ones((), dtype=value.dtype), ctx)
+        return float(value), grads
+
+    def _set_mode(self, training: bool):
+        for m in self.modules_.values():
+            m.train() if training else m.eval()
+
+    def _embed_all(self, X, batch: int = 512) -> np.ndarray:
+        self._set_mode(False)
+        b = self._backend
+        out = [b.to_numpy(self._embed(X[i : i + batch])) for i in range(0, X.shape[0], batch)]
+        self._set_mode(True)
+        return np.concatenate(out).astype(np.float64)
+
+    def _current_labels(self, X):
+        """Monitoring labels (or None before centres exist)."""
+        if getattr(self, "cluster_centers_", None) is None:
+            return None
+        return self._assign(self._embed_all(X))
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, X, y=None, *, callback=None, resume=None):
+        """Train on ``X`` ((N,H,W) or (N,C,H,W)); ``y`` only for monitoring; see the contract."""
+        self._check_common()
+        Xn = self._check_X(X)
+        N = Xn.shape[0]
+        if self.n_clusters > N:
+            raise ValueError(f"n_clusters={self.n_clusters} exceeds the number of images ({N})")
+        if y is not None:
+            y = np.asarray(y).ravel()
+            if len(y) != N:
+                raise ValueError(f"y has {len(y)} labels for {N} images")
+        self.image_shape_ = tuple(int(s) for s in Xn.shape[1:])
+        self.n_features_in_ = int(np.prod(self.image_shape_))
+        self._fingerprint_ = self._fingerprint(Xn)
+        Xd = self._backend.asarray(Xn, dtype=self._dtype)
+        del Xn
+        self._init_fit_state()
+        if resume is not None:
+            self._restore(*resume)
+        else:
+            self.modules_ = self._build(self.image_shape_)
+        self._train(Xd, y, callback)
+        self._finish(Xd)
+        self.labels_ = self._assign(self._embed_all(Xd))
+        self._drop_fit_state()
+        return self
+
+    def _init_fit_state(self):
+        self._rng = np.random.default_rng(self.random_state)
+        self.history_ = []
+        self.cluster_centers_ = None
+        for name in (*self._state_attrs, *self._state_meta):
+            setattr(self, name, None)
+        self.phase_, self.phase_epoch_, self.epoch_ = None, 0, 0
+        self.converged_ = False
+        self.optimizers_ = {}
+
+    def _drop_fit_state(self):
+        self.optimizers_ = {}
+
+    def _train(self, X, y, callback):
+        phases = self._phases()
+        names = [p for p, _ in phases]
+        start = names.index(self.phase_) if self.phase_ in names else 0
+        for phase, n_epochs in phases[start:]:
+            if self.phase_ != phase:  # entering the phase afresh
+                self.phase_, self.phase_epoch_, self.converged_ = phase, 0, False
+                self._start_phase(phase, X)
+                self.optimizers_ = self._make_optimizers(phase)
+            while self.phase_epoch_ < n_epochs and not self.converged_:
+                self._run_epoch(phase, X, y, callback)
+
+    def _run_epoch(self, phase, X, y, callback):
+        t0 = time.perf_counter()
+        self._set_mode(True)
+        self._begin_epoch(phase, X)
+        totals: dict[str, float] = {}
+        N = X.shape[0]
+        for idx in self._batches(N):
+            for m in self.modules_.values():
+                m.zero_grad()
+            for opt in self.optimizers_.values():
+                opt.zero_grad()
+            terms = self._batch_step(phase, X, idx)
+            if self.converged_:  # the step decided to stop before training on this batch
+                break
+            for opt in self.optimizers_.values():
+                opt.step()
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(idx) / N
+        extra = self._end_epoch(phase, X)
+        self.phase_epoch_ += 1
+        self.epoch_ += 1
+        record = {"phase": phase, "epoch": self.epoch_, **totals, **extra}
+        record["seconds"] = time.perf_counter() - t0
+        if y is not None:
+            labels = self._current_labels(X)
+            if labels is not None:
+                from nbclust.metrics import ari, cluster_acc, nmi
+
+                record.update(acc=cluster_acc(y, labels), nmi=nmi(y, labels), ari=ari(y, labels))
+        self.history_.append(record)
+        if self.verbose:
+            parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()]
+            print(f"[{type(self).__name__}] " + " ".join(parts), file=sys.stderr)
+        if callback is not None:
+            callback(self, record)
+
+    # ------------------------------------------------------- training state
+    def _model_params(self) -> dict:
+        return {k: v for k, v in self.get_params().items() if k not in self._model_free_params}
+
+    def training_state(self):
+        """``(arrays, meta)``: everything needed to resume (call at an epoch boundary).
+
+        The arrays are copies: training on after the call does not change a state
+        kept in memory (the CLI keeps the latest one for Ctrl-C).
+        """
+        arrays: dict[str, np.ndarray] = {}
+        meta = self._model_meta(arrays)
+        opt_meta = {}
+        for name, opt in self.optimizers_.items():
+            opt_meta[name] = _flatten(f"optim.{name}.", opt.state_dict(), arrays)
+        meta.update(
+            kind="training_state",
+            optimizers=opt_meta,
+            rng=self._rng.bit_generator.state,
+            phase=self.phase_,
+            phase_epoch=self.phase_epoch_,
+            epoch=self.epoch_,
+            converged=bool(self.converged_),
+            history=_jsonable(self.history_),
+            data=self._fingerprint_,
+            extra_meta={k: _jsonable(getattr(self, k)) for k in self._state_meta},
+        )
+        return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
+
+    def _model_meta(self, arrays) -> dict:
+        for mname, module in self.modules_.items():
+            for k, v in module.state_dict().items():
+                arrays[f"net.{mname}.{k}"] = np.asarray(v)
+        for name in ("cluster_centers_", *self._state_attrs):
+            v = getattr(self, name, None)
+            if v is not None:
+                arrays[f"attr.{name}"] = self._backend.to_numpy(v)
+        return {
+            "class": type(self).__name__,
+            "params": _jsonable(self.get_params()),
+            "image_shape": list(self.image_shape_),
+        }
+
+    def _check_meta(self, meta):
+        if meta.get("class") != type(self).__name__:
+            raise ValueError(f"state is from method {meta.get('class')!r}, not {type(self).__name__}")
+        mine = _jsonable(self._model_params())
+        theirs = {k: v for k, v in meta["params"].items() if k not in self._model_free_params}
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(f"state has other hyperparameters: {', '.join(diff)} differ")
+
+    def _load_model(self, arrays, meta):
+        self.image_shape_ = tuple(meta["image_shape"])
+        self.n_features_in_ = int(np.prod(self.image_shape_))
+        self._rng = np.random.default_rng(self.random_state)
+        self.modules_ = self._build(self.image_shape_)
+        for mname, module in self.modules_.items():
+            prefix = f"net.{mname}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        for name in ("cluster_centers_", *self._state_attrs):
+            v = arrays.get(f"attr.{name}")
+            setattr(self, name, None if v is None else np.array(v))
+
+    def _restore(self, arrays, meta):
+        self._check_meta(meta)
+        if meta.get("kind") != "training_state":
+            raise ValueError("resume needs a training state (from training_state()), not a saved model")
+        if meta["data"] != self._fingerprint_:
+            raise ValueError(
+                f"state was made on other data (shape {meta['data']['shape']}), not on this X "
+                f"(shape {self._fingerprint_['shape']})"
+            )
+        if tuple(meta["image_shape"]) != tuple(self.image_shape_):
+            raise ValueError("state was made for another image shape")
+        self._load_model(arrays, meta)
+        self._after_load()
+        self.phase_, self.phase_epoch_, self.epoch_ = meta["phase"], meta["phase_epoch"], meta["epoch"]
+        self.converged_ = meta["converged"]
+        self.history_ = list(meta["history"])
+        for k, v in meta["extra_meta"].items():
+            setattr(self, k, v)
+        if self.phase_ is not None:
+            self.optimizers_ = self._make_optimizers(self.phase_)
+            for name, opt in self.optimizers_.items():
+                opt.load_state_dict(_unflatten(meta["optimizers"][name], arrays))
+        self._rng.bit_generator.state = meta["rng"]
+
+    def _after_load(self):
+        """Hook: re-attach loaded arrays (e.g. centres as trainable parameters)."""
+
+    # ------------------------------------------------------ predict & co.
+    def _check_fitted(self):
+        if getattr(self, "modules_", None) is None or getattr(self, "cluster_centers_", None) is None:
+            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit first")
+        if not hasattr(self, "_backend"):
+            self._backend = get_backend(self.backend)
+
+    def transform(self, X):
+        """The embedding (N, d) of ``X``."""
+        self._check_fitted()
+        Xd = self._backend.asarray(self._check_X(X, fitted=True), dtype=self._dtype)
+        return self._embed_all(Xd)
+
+    def predict(self, X):
+        """Cluster labels of ``X`` from the trained model (equal to ``labels_`` on the training data)."""
+        return self._assign(self.transform(X))
+
+    def fit_predict(self, X, y=None, **kwargs):
+        return self.fit(X, y, **kwargs).labels_
+
+    # -------------------------------------------------------- save & load
+    def save(self, path):
+        """Write the fitted model (class, hyperparameters, networks, centres) to ``path`` (npz + JSON)."""
+        self._check_fitted()
+        arrays: dict[str, np.ndarray] = {}
+        meta = self._model_meta(arrays)
+        meta["kind"] = "model"
+        arrays["labels_"] = np.asarray(self.labels_)
+        save_state(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path):
+        """A fitted estimator from a file written by :meth:`save` (any subclass via the base)."""
+        arrays, meta = load_state(path)
+        name = meta.get("class")
+        if name not in _REGISTRY:
+            raise ValueError(f"{path}: unknown estimator class {name!r}")
+        target = _REGISTRY[name]
+        if cls is not DeepClusterer and target is not cls:
+            raise ValueError(f"{path}: holds a {name}, not a {cls.__name__}")
+        est = target(**meta["params"])
+        est._backend = get_backend(est.backend)
+        est._load_model(arrays, meta)
+        est._after_load()
+        est.labels_ = arrays.get("labels_")
+        est.history_ = []
+        return est
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def _flatten(prefix: str, obj, arrays: dict):
+    """JSON skeleton of a nested dict/list; arrays moved into ``arrays`` under ``prefix`` keys."""
+    if isinstance(obj, dict):
+        return {"__dict__": [[str(k), _flatten(f"{prefix}{k}.", v, arrays)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_flatten(f"{prefix}{i}.", v, arrays) for i, v in enumerate(obj)]}
+    if isinstance(obj, np.ndarray) or hasattr(obj, "get"):
+        key = prefix.rstrip(".")
+        arrays[key] = obj.get() if hasattr(obj, "get") else np.asarray(obj)
+        return {"__array__": key}
+    return _jsonable(obj)
+
+
+def _unflatten(skel, arrays):
+    if isinstance(skel, dict):
+        if "__array__" in skel:
+            return np.array(arrays[skel["__array__"]])
+        if "__list__" in skel:
+            return [_unflatten(v, arrays) for v in skel["__list__"]]
+        if "__dict__" in skel:
+            return {_key(k): _unflatten(v, arrays) for k, v in skel["__dict__"]}
+    return skel
+
+
+def _key(k: str):
+    return int(k) if k.lstrip("-").isdigit() else k

@@ -1,0 +1,235 @@
+"""DCAE, DBC, FCAEKMeans and DCEC: objectives gradient-checked end to end, clustering quality, digits."""
+
+import numpy as np
+import pytest
+
+from nbclust.methods.dbc import DBC, FCAEKMeans
+from nbclust.methods.dcae import DCAE, update_centers
+from nbclust.methods.dcec import DCEC
+from nbclust.metrics import cluster_acc
+
+
+def toy_images(n_per=30, size=8, k=4, seed=0, noise=0.1):
+    """k obvious stroke patterns (bars, diagonal, square outline) + Gaussian noise, uint8."""
+    rng = np.random.default_rng(seed)
+    protos = np.zeros((k, size, size))
+    m = size // 2
+    protos[0, m - 1 : m + 1, :] = 1
+    protos[1, :, m - 1 : m + 1] = 1
+    protos[2][np.eye(size, dtype=bool)] = 1
+    if k > 3:
+        protos[3, 1:-1, 1:-1] = 1
+        protos[3, 2:-2, 2:-2] = 0
+    y = np.repeat(np.arange(k), n_per)
+    X = np.clip(protos[y] + noise * rng.normal(size=(len(y), size, size)), 0, 1)
+    perm = rng.permutation(len(y))
+    return (X[perm] * 255).astype(np.uint8), y[perm]
+
+
+# ------------------------------------------------------------ gradient checks
+
+
+def _prepare(est, X, phase):
+    """An estimator set up for one batch step of ``phase`` on reference/float64."""
+    est._dtype = np.float64
+    est._check_common()
+    Xn = est._check_X(X)
+    est.image_shape_ = Xn.shape[1:]
+    est._init_fit_state()
+    est.modules_ = est._build(est.image_shape_)
+    rng = np.random.default_rng(1)
+    # away from ReLU kinks: no exactly-zero pixels, no zero biases (zero patches -> pre-activation 0)
+    Xd = est._backend.asarray(Xn + rng.uniform(0.01, 0.05, size=Xn.shape), np.float64)
+    for m in est.modules_.values():
+        for name, p in m.named_parameters():
+            if name.endswith("bias"):
+                p.data[...] = rng.normal(scale=0.1, size=p.data.shape)
+    if phase == "cluster":
+        Z = est._embed_all(Xd)
+        est.cluster_centers_ = Z[rng.choice(len(Z), est.n_clusters, replace=False)] + 0.1 * rng.normal(
+            size=(est.n_clusters, Z.shape[1]))
+        est._after_load()
+    return Xd, rng
+
+
+def _objective_check(est, X, phase, total, trainable, n_coords=12, step=1e-6):
+    """Max relative error of the analytic gradient vs central differences over sampled coordinates.
+
+    The error of a parameter is max |analytic - numeric| / max |gradient| over its
+    sampled coordinates (at least 1% of the largest gradient of any parameter);
+    ``step`` is relative to max(1, |value|).
+    """
+    idx = np.arange(X.shape[0])
+
+    def value():
+        for p in trainable():
+            p.grad[...] = 0
+        return total(est._batch_step(phase, X, idx))
+
+    value()
+    grads = [p.grad.copy() for p in trainable()]
+    top = max(np.abs(g).max() for g in grads)
+    rng = np.random.default_rng(2)
+    worst = 0.0
+    for p, g in zip(trainable(), grads):
+        flat, gflat = p.data.reshape(-1), g.reshape(-1)
+        coords = rng.choice(flat.size, min(n_coords, flat.size), replace=False)
+        num = np.empty(len(coords))
+        for n, c in enumerate(coords):
+            old = flat[c]
+            h = step * max(1.0, abs(old))
+            flat[c] = old + h
+            up = value()
+            flat[c] = old - h
+            down = value()
+            flat[c] = old
+            num[n] = (up - down) / (2 * h)
+        # a parameter with an identically zero gradient (a conv bias before batch norm)
+        # is measured against the largest gradient of all parameters instead
+        scale = max(np.abs(num).max(), np.abs(gflat).max(), 1e-2 * top)
+        worst = max(worst, np.abs(gflat[coords] - num).max() / scale)
+    return worst
+
+
+def _net_params(est, *names):
+    return lambda: [p for n in names for p in est.modules_[n].parameters()]
+
+
+def test_dcae_objective_gradient():
+    X, _ = toy_images(n_per=2)
+    est = DCAE(3, backend="reference", random_state=0)
+    Xd, _ = _prepare(est, X, "cluster")
+    # A stack of sigmoids makes the first layers' gradients ~1e-5 of the loss, so
+    # rounding noise (~1e-16 * loss / step) needs a larger step; sigmoids are smooth.
+    err = _objective_check(est, Xd, "cluster", lambda t: t["loss"], _net_params(est, "encoder", "decoder"),
+                           step=1e-3)
+    assert err < 1e-6
+
+
+def test_fcae_objective_gradient():
+    X, _ = toy_images(n_per=2)
+    est = FCAEKMeans(3, backend="reference", random_state=0)
+    Xd, _ = _prepare(est, X, "pretrain")
+    err = _objective_check(est, Xd, "pretrain", lambda t: t["mse"], _net_params(est, "encoder", "decoder"))
+    assert err < 1e-6
+
+
+def test_dbc_stage_two_gradient():
+    X, _ = toy_images(n_per=2)
+    est = DBC(3, backend="reference", random_state=0)
+    Xd, _ = _prepare(est, X, "cluster")
+    est._begin_epoch("cluster", Xd)  # R from S, encoder in eval mode
+    n = Xd.shape[0]
+    err = _objective_check(est, Xd, "cluster", lambda t: t["kl"] * n,
+                           lambda: est.modules_["encoder"].parameters() + [est._mu])
+    assert err < 1e-6
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "cluster"])
+def test_dcec_objective_gradient(phase):
+    X, _ = toy_images(n_per=2)
+    est = DCEC(3, backend="reference", random_state=0, update_interval=1000)
+    Xd, rng = _prepare(est, X, phase)
+    trainable = _net_params(est, "encoder", "decoder")
+    if phase == "cluster":
+        est.iter_ = 1
+        est.target_ = DCEC.target(rng.dirichlet(np.ones(3), size=Xd.shape[0]))
+        trainable = lambda: est.modules_["encoder"].parameters() + est.modules_["decoder"].parameters() + [est._mu]  # noqa: E731
+    key = "mse" if phase == "pretrain" else "loss"
+    assert _objective_check(est, Xd, phase, lambda t: t[key], trainable, n_coords=8) < 1e-6
+
+
+# ------------------------------------------------------------ pieces
+
+
+def test_update_centers_reseeds_empty_clusters():
+    H = np.array([[0.0, 0], [0.1, 0], [5, 5], [9, 9]])
+    C = np.array([[0.0, 0], [5, 5], [100, 100]])
+    labels = np.array([0, 0, 1, 1])
+    new = update_centers(H, labels, C)
+    assert np.allclose(new[0], [0.05, 0]) and np.allclose(new[1], [7, 7])
+    assert np.allclose(new[2], [9, 9])  # the sample farthest from its centre
+    assert np.isfinite(new).all()
+
+
+@pytest.mark.parametrize("normalization", ["boosted", "soft", "none"])
+def test_dbc_target(normalization):
+    S = np.random.default_rng(0).dirichlet(np.ones(3), size=7)
+    R = DBC(3, alpha=2.0, normalization=normalization).target(S)
+    n = {"boosted": (S**2).sum(0), "soft": S.sum(0), "none": np.ones(3)}[normalization]
+    expected = (S**2 / n) / (S**2 / n).sum(1, keepdims=True)
+    assert np.allclose(R, expected) and np.allclose(R.sum(1), 1)
+
+
+# ------------------------------------------------------------ clustering quality
+
+TOY_SETTINGS = {
+    DCAE: dict(epochs=20, batch_size=20),
+    FCAEKMeans: dict(pretrain_epochs=10, batch_size=20),
+    DBC: dict(pretrain_epochs=10, epochs=5, batch_size=20),
+    DCEC: dict(pretrain_epochs=10, epochs=5, batch_size=20, update_interval=5),
+}
+
+
+@pytest.mark.parametrize("cls", list(TOY_SETTINGS), ids=lambda c: c.__name__)
+def test_toy_clusters_are_found(cls):
+    X, y = toy_images()
+    est = cls(4, random_state=0, **TOY_SETTINGS[cls]).fit(X, y)
+    assert cluster_acc(y, est.labels_) >= 0.95
+    monitored = [r for r in est.history_ if "acc" in r]
+    assert not monitored or monitored[-1]["acc"] >= 0.95
+
+
+@pytest.mark.parametrize("normalization", ["soft", "none"])
+def test_dbc_other_normalizations_run(normalization):
+    X, y = toy_images()
+    est = DBC(4, random_state=0, normalization=normalization, **TOY_SETTINGS[DBC]).fit(X)
+    assert cluster_acc(y, est.labels_) >= 0.95
+
+
+DIGITS_SETTINGS = {
+    DCAE: (dict(epochs=3, batch_size=100, lr=0.05), "loss"),
+    FCAEKMeans: (dict(pretrain_epochs=3, batch_size=64), "mse"),
+    # DBC's KL is taken against a target R re-sharpened every epoch, so it need not fall
+    # from epoch to epoch; its stage I reconstruction loss must.
+    DBC: (dict(pretrain_epochs=3, epochs=2, batch_size=64, tol=0.0), "mse"),
+    DCEC: (dict(pretrain_epochs=3, epochs=2, batch_size=64, update_interval=10, tol=0.0), "mse"),
+}
+
+
+@pytest.mark.parametrize("cls", list(DIGITS_SETTINGS), ids=lambda c: c.__name__)
+def test_digits_loss_decreases(cls):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X.reshape(-1, 8, 8) * (255 / 16)).astype(np.uint8)
+    settings, key = DIGITS_SETTINGS[cls]
+    est = cls(10, random_state=0, **settings).fit(X, y)
+    losses = [r[key] for r in est.history_ if key in r]
+    assert losses[-1] < losses[0]
+    assert est.labels_.shape == (len(X),) and est.cluster_centers_.shape[0] == 10
+    assert cluster_acc(y, est.labels_) > 0.15
+
+
+# ------------------------------------------------------------ architectures
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 16, 16), (1, 28, 28), (1, 32, 32), (1, 64, 64), (3, 12, 20)])
+@pytest.mark.parametrize("builder", ["dcae", "fcae", "dcec"])
+def test_architectures_restore_the_image_shape(builder, shape):
+    from nbclust.backend import get_backend
+    from nbclust.methods import architectures
+
+    enc, dec = getattr(architectures, builder)(shape, backend="cpu", dtype=np.float32, rng=0)
+    x = get_backend("cpu").asarray(np.random.default_rng(0).random((2, *shape)), np.float32)
+    z = enc(x)
+    assert z.ndim == 2 and dec(z).shape == x.shape
+
+
+def test_size_rules_match_the_papers():
+    from nbclust.methods.architectures import FCAE_TABLE, dcae_kernels, dcec_sizes, fcae_plan
+
+    assert dcae_kernels(28) == (9, 12, 17)  # seed 000: 9x9 convs, 12x12 and 17x17 transposed
+    assert fcae_plan(28, 28) == FCAE_TABLE[28] and fcae_plan(16, 16) == FCAE_TABLE[16]
+    assert fcae_plan(32, 32) == ([(3, 20, 1)] * 3, 160)
+    assert dcec_sizes(28) == (14, 7, 3, False) and dcec_sizes(32) == (16, 8, 4, True)
