@@ -38,7 +38,7 @@ CHECKPOINT = "checkpoint.npz"
 # Their default is the chosen method's own (the paper's value); a flag the method lacks is an error.
 TRAINING = [
     ("--epochs", "epochs", int, "clustering-phase epochs (> 0)"),
-    ("--pretrain-epochs", "pretrain_epochs", int, "autoencoder pretraining epochs (>= 0)"),
+    ("--pretrain-epochs", "pretrain_epochs", int, "pretraining epochs: the autoencoder's, DCTL's mu = 0 warm-up (>= 0)"),
     ("--batch-size", "batch_size", int, "mini-batch size (> 0)"),
     ("--lr", "lr", float, "learning rate (> 0)"),
     ("--tol", "tol", float, "stop when fewer than this fraction of assignments change"),
@@ -51,6 +51,8 @@ HYPER = [
     ("--target", "target", str, "DEPICT: target distribution, paper|code"),
     ("--normalization", "normalization", str, "DBC: target normalisation, boosted|soft|none"),
     ("--n-layers", "n_layers", int, "DCTL: transform layers, 1|2"),
+    ("--pool", "pool", str, "DCTL: max-pooling rule, auto|always|never (auto: pool while the map keeps side >= 7)"),
+    ("--z-lr", "z_lr", float, "DCTL: Adam step size of the codes Z (0.1)"),
     ("--momentum", "momentum", float, "DCAE: SGD momentum (0.9)"),
     ("--weight-decay", "weight_decay", float, "DCAE: SGD weight decay (5e-4)"),
     ("--cluster-lr", "cluster_lr", float, "DBC: clustering-stage learning rate"),
@@ -99,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(flag, type=typ, help=text)
     g.add_argument("--joint", action=argparse.BooleanOptionalAction,
                    help="DCTL: joint transform + clustering learning (paper: --joint)")
+    g.add_argument("--standardize", action=argparse.BooleanOptionalAction,
+                   help="DCTL: standardise the transform's features (default: --standardize)")
     g.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="any other estimator parameter; VALUE is a TOML literal (repeatable)")
     p.add_argument("--backend", choices=BACKENDS, help="array backend (default: cpu)")
@@ -238,7 +242,7 @@ def _estimator(opts):
     elif opts["backend"] != "cpu":
         raise ValueError(f"--backend does not apply to method {opts['method']!r}")
     flags = {param: flag for flag, param, _, _ in TRAINING + HYPER}
-    flags["joint"] = "--joint/--no-joint"
+    flags.update(joint="--joint/--no-joint", standardize="--standardize/--no-standardize")
     kwargs.update({param: opts[param] for param in flags if param in opts})
     for item in opts["param"]:
         key, sep, value = item.partition("=")

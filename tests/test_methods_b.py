@@ -196,6 +196,16 @@ def test_dctl_digits_default_architecture():
     assert cluster_acc(d.target, est.labels_) >= 0.75
 
 
+def test_dctl_pretrain_then_joint():
+    x, y = _blobs()
+    est = DCTL(3, backend="reference", random_state=0, pretrain_epochs=2, epochs=3, tol=0,
+               batch_size=32).fit(x, y)
+    assert [h["phase"] for h in est.history_] == ["pretrain"] * 2 + ["cluster"] * 3
+    assert "kmeans" not in est.history_[0] and "kmeans" in est.history_[-1]
+    assert cluster_acc(y, est.labels_) >= 0.95
+    np.testing.assert_array_equal(est.predict(x), est.labels_)
+
+
 @pytest.mark.parametrize("target", ["paper", "code"])
 def test_depict_clusters_easy_data(target):
     x, y = _blobs()
@@ -264,6 +274,7 @@ def test_save_load_and_resume(cls, tmp_path):
     (DCTL, dict(n_layers=3)), (DCTL, dict(lam=-1.0)), (DCTL, dict(mu=-0.1)), (DCTL, dict(joint="yes")),
     (DCTL, dict(kernel_size=4)), (DCTL, dict(n_filters=0)), (DCTL, dict(lr=-1e-3)), (DCTL, dict(epochs=-1)),
     (DCTL, dict(pool="sometimes")), (DCTL, dict(standardize="yes")), (DCTL, dict(z_lr=0.0)),
+    (DCTL, dict(pretrain_epochs=-1)),
     (DEPICT, dict(target="foo")), (DEPICT, dict(dropout=1.0)), (DEPICT, dict(hidden_weight=-1)),
     (DEPICT, dict(batch_size=0)), (DEPICT, dict(pretrain_epochs=-2)),
 ])

@@ -25,7 +25,9 @@ transform output and ``H`` the one-hot cluster indicators::
   this falls by shrinking A (lam = 0.001 barely resists) or by moving A onto
   its low-variance directions, neither of which helps the clustering.
   Standardised features make the within-cluster scatter relative to the
-  total and put every feature on the same scale for k-means.
+  total and put every feature on the same scale for k-means.  Measured on
+  digits (seeds 0-3): the gain over the paper's architecture (ACC 0.50) comes
+  from these initial features (0.74-0.83); training adds <= 0.01.
   ``z_lr`` (default 0.1): Adam step of Z, separate from the filters' ``lr``;
   each row of Z gets one step per epoch, so with ``lr=1e-3`` Z (unit scale
   when standardised) moves ~0.03 in 30 epochs and P1 is far from solved.
@@ -57,7 +59,10 @@ per-row step count (a row's moments and bias correction advance only when the
 row is in a batch, like torch's SparseAdam); T by ``nbclust.optim.Adam``.
 
 Piecemeal ablation (``joint=False``, Table 2 "Piece"): learn T and Z with
-mu = 0 for ``epochs`` epochs, then k-means once on Z.
+mu = 0 for ``pretrain_epochs + epochs`` epochs, then k-means once on Z.
+``pretrain_epochs`` (default 0, the paper's joint algorithm) with ``joint=True``
+runs that many mu = 0 epochs first; the joint phase then starts from the
+learnt Z (H = k-means on it).
 
 Prediction (the paper is transductive): the embedding of an image is its
 code max(T(x), 0) (the psi-feasible code minimising the fidelity term), and
@@ -74,7 +79,11 @@ from nbclust.methods.base import DeepClusterer
 
 
 class DCTLTransform:
-    """The deep convolutional transform and the eq-(6) batch objective with its gradients."""
+    """The deep convolutional transform and the eq-(6) batch objective with its gradients.
+
+    ``pool``: per layer, whether a 2x2 max-pool follows it; ``standardize``: None, or
+    the feature count d of a final batch norm (its weight/bias are not trained).
+    """
 
     def __init__(self, in_channels: int, *, n_layers=2, n_filters=3, kernel_size=9, pool=(True, True),
                  standardize=None, backend="cpu", dtype=np.float32, rng=None):
@@ -152,11 +161,12 @@ class DCTL(DeepClusterer):
     """
 
     _state_attrs = ("codes_", "code_labels_", "_zm", "_zv", "_zt")
-    _min_size = 4  # two 2x2 max-pools ("same" convolutions work at any size)
+    _min_size = 4  # pool="always": two 2x2 max-pools ("same" convolutions work at any size)
 
     def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0,
                  lam=0.001, mu=1.0, n_layers=2, joint=True, n_filters=3, kernel_size=9,
-                 pool="auto", standardize=True, epochs=30, batch_size=256, lr=1e-3, z_lr=0.1, tol=1e-4):
+                 pool="auto", standardize=True, pretrain_epochs=0, epochs=30, batch_size=256, lr=1e-3,
+                 z_lr=0.1, tol=1e-4):
         self.n_clusters = n_clusters
         self.backend = backend
         self.random_state = random_state
@@ -169,6 +179,7 @@ class DCTL(DeepClusterer):
         self.kernel_size = kernel_size
         self.pool = pool
         self.standardize = standardize
+        self.pretrain_epochs = pretrain_epochs
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -227,7 +238,9 @@ class DCTL(DeepClusterer):
         return {"transform": self.transform_.net}
 
     def _phases(self):
-        return [("cluster" if self.joint else "pretrain", self.epochs)]
+        if not self.joint:
+            return [("pretrain", self.pretrain_epochs + self.epochs)]
+        return [("pretrain", self.pretrain_epochs), ("cluster", self.epochs)]
 
     def _make_optimizers(self, phase):
         from nbclust.optim import Adam
@@ -236,20 +249,17 @@ class DCTL(DeepClusterer):
 
     def _start_phase(self, phase, X):
         xp = self._backend.xp
-        self._set_feature_stats(X)
-        Z = np.maximum(self._transform_all(X), 0.0)
-        self.codes_ = self._backend.asarray(Z, dtype=self._dtype)
-        self._zm, self._zv = xp.zeros_like(self.codes_), xp.zeros_like(self.codes_)
-        self._zt = np.zeros(Z.shape[0], dtype=np.int64)
+        if self.codes_ is None:  # the joint phase keeps the Z learnt in a pre-training phase
+            self._set_feature_stats(X)
+            Z = np.maximum(self._transform_all(X), 0.0)
+            self.codes_ = self._backend.asarray(Z, dtype=self._dtype)
+            self._zm, self._zv = xp.zeros_like(self.codes_), xp.zeros_like(self.codes_)
+            self._zt = np.zeros(Z.shape[0], dtype=np.int64)
         if phase == "cluster":
+            Z = self._backend.to_numpy(self.codes_).astype(np.float64)
             km = self._kmeans(Z, n_init=10)
             self.cluster_centers_ = km.cluster_centers_
             self.code_labels_ = km.labels_.astype(np.int64)
-
-    def _begin_epoch(self, phase, X):
-        # Z and its Adam moments are updated in place below: copy them, so that a
-        # training_state() taken at the last epoch boundary keeps its own arrays.
-        self.codes_, self._zm, self._zv, self._zt = (a.copy() for a in (self.codes_, self._zm, self._zv, self._zt))
 
     def _batch_step(self, phase, X, idx):
         N = X.shape[0]
@@ -282,10 +292,12 @@ class DCTL(DeepClusterer):
         if phase != "cluster":
             return {}
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
 
         Z = self._backend.to_numpy(self.codes_).astype(np.float64)
         old = self.cluster_centers_
-        km = KMeans(self.n_clusters, init=old, n_init=1, random_state=self._seed()).fit(Z)  # P2, eq (7)
+        with threadpool_limits(1):  # as in DeepClusterer._kmeans: OpenMP spinning is slow under load
+            km = KMeans(self.n_clusters, init=old, n_init=1, random_state=self._seed()).fit(Z)  # P2, eq (7)
         self.cluster_centers_ = km.cluster_centers_
         self.code_labels_ = km.labels_.astype(np.int64)
         shift = float(np.linalg.norm(km.cluster_centers_ - old) / max(np.linalg.norm(old), 1e-12))
