@@ -2,9 +2,22 @@
 
 The estimators are imported lazily, so ``import nbclust`` (and the CLI's
 ``--help``) stays fast and does not compile or import Numba kernels.
+
+Thread pools: Numba's OpenMP workers and OpenBLAS's workers take turns on the
+same cores (a kernel runs either a Numba parallel region or one BLAS call).
+Spinning idle workers of one pool steal the cores of the other (measured: up to
+10x slower training steps on 2 cores), so unless the user set them,
+``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4`` are set here.
+They take effect only if nbclust is imported before NumPy loads OpenBLAS (the
+CLI always is).
 """
 
-from nbclust.methods import ESTIMATORS as _ESTIMATORS
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from nbclust.methods import ESTIMATORS as _ESTIMATORS  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -5,6 +5,9 @@ xpad[n, c, ho*sh + i, wo*sw + j]``, so ``conv2d`` is one matmul with the
 weight matrix ``w.reshape(O, C*kh*kw)``.  ``col2im`` is its adjoint (it sums
 each column entry back onto the pixel it came from), which makes it the
 input gradient of ``conv2d`` and the forward of ``conv_transpose2d``.
+
+``linear`` and ``reshape`` use no array-module function, so the CuPy backend
+runs them as they are; its convolutions and pooling are index-table gathers.
 """
 
 from __future__ import annotations
@@ -92,10 +95,15 @@ def conv_transpose2d_backward(grad_y, ctx):
     return grad_x, grad_w, grad_b
 
 
+def pool_geometry(x, kernel, stride):
+    """Validated ``(N, C, Ho, Wo), (kh, kw), (sh, sw)`` of a pooling of ``x`` (shared with the CuPy backend)."""
+    out = convshape.check_pool_input(x, kernel, stride)
+    return out, convshape.normalize_pair(kernel, "kernel"), convshape.normalize_pair(stride, "stride")
+
+
 def max_pool2d_forward(x, kernel=(2, 2), stride=(2, 2)):
     """Window maxima and the flat plane index of each (first maximum in row-major window order)."""
-    n, c, ho, wo = convshape.check_pool_input(x, kernel, stride)
-    (kh, kw), (sh, sw) = convshape.normalize_pair(kernel, "kernel"), convshape.normalize_pair(stride, "stride")
+    (n, c, ho, wo), (kh, kw), (sh, sw) = pool_geometry(x, kernel, stride)
     h, w = x.shape[2:]
     windows = _im2col(x, (kh, kw), (sh, sw), (ho, wo)).reshape(n, c, kh * kw, ho, wo)
     arg = np.argmax(windows, axis=2)  # first occurrence of the maximum
@@ -115,14 +123,15 @@ def max_pool2d_backward(grad_y, ctx):
     return (grad_x.reshape(x_shape),)
 
 
-def _check_unpool_range(indices, size):
+def check_unpool_range(indices, size):
+    """ValueError unless every index lies in the output plane (shared with the CuPy backend)."""
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size):
         raise ValueError(f"max_unpool2d: indices must lie in [0, {size}) (the output plane)")
 
 
 def max_unpool2d_forward(x, indices, output_size=(1, 1)):
     n, c, h, w = convshape.check_unpool_input(x, indices, output_size)
-    _check_unpool_range(indices, h * w)
+    check_unpool_range(indices, h * w)
     flat = indices.reshape(n, c, -1)
     y = np.zeros((n, c, h * w), dtype=x.dtype)
     np.put_along_axis(y, flat, x.reshape(n, c, -1), axis=2)

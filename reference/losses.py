@@ -1,7 +1,10 @@
 """Reference losses and clustering terms (see nbclust.optable for the calling convention).
 
 Every loss returns a 0-d array of its inputs' dtype; ``grad_out`` is the
-scalar gradient of the objective w.r.t. that value.
+scalar gradient of the objective w.r.t. that value.  Array-module generic
+(NumPy or CuPy, taken from the inputs): the CuPy backend reuses every op
+here except the ``np.add.at`` segment sums (``kmeans_compactness`` backward,
+``kmeans_subspace`` forward), which it does with one-hot matmuls.
 """
 
 from __future__ import annotations
@@ -9,24 +12,31 @@ from __future__ import annotations
 import numpy as np
 
 from nbclust.optable import losses as spec
+from nbclust.reference._xp import array_module
 
 
-def scalar(grad_out) -> float:
-    """The scalar ``grad_out`` of a loss (0-d, or a 1-element array after ``ascontiguousarray``)."""
-    return float(np.asarray(grad_out).reshape(-1)[0])
+def scalar(grad_out, like):
+    """The scalar ``grad_out`` of a loss (0-d, or a 1-element array after ``ascontiguousarray``).
+
+    A Python float for NumPy; for CuPy a 0-d device array of ``like``'s dtype
+    (``float()`` would copy it to the host and wait for the device).
+    """
+    xp = array_module(like)
+    if xp is np:
+        return float(np.asarray(grad_out).reshape(-1)[0])
+    return xp.asarray(grad_out).reshape(()).astype(like.dtype, copy=False)
 
 
-def _loss(value, like):
-    return np.asarray(value, dtype=like.dtype)
+def loss_value(value, like):
+    """``value`` as the 0-d array a loss returns: ``like``'s dtype and array module."""
+    return array_module(like).asarray(value, dtype=like.dtype)
 
 
 def _xlogy(x, y):
     """x log y with 0 log y = 0."""
-    out = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)), dtype=np.result_type(x, y))
-    x, y = np.broadcast_arrays(x, y)
+    xp = array_module(x, y)
     nz = x != 0
-    out[nz] = x[nz] * np.log(y[nz])
-    return out
+    return xp.where(nz, x * xp.log(xp.where(nz, y, 1)), 0)
 
 
 # ---------------------------------------------------------------- mse, bce, kl, cross-entropy
@@ -38,15 +48,16 @@ def mse_forward(pred, target):
     DEPICT's per-layer reconstruction term |z^l|^-1 ||z^l - zhat^l||^2 averaged
     over the batch is exactly this mean over all elements of the layer.
     """
+    xp = array_module(pred)
     spec.check_same_shape("mse", pred, target, "pred,target")
     if pred.size == 0:
         raise ValueError("mse: pred is empty")
     diff = pred - target
-    return _loss(np.mean(diff * diff), pred), diff
+    return loss_value(xp.mean(diff * diff), pred), diff
 
 
 def mse_backward(grad_out, diff):
-    g = (2.0 * scalar(grad_out) / diff.size) * diff
+    g = (2.0 * scalar(grad_out, diff) / diff.size) * diff
     return g, -g
 
 
@@ -57,21 +68,23 @@ def bce_forward(pred, target, eps=1e-7):
     by -log(eps) ~ 16).  d/dp = (p - t) / (p (1 - p)) / n inside [eps, 1-eps]
     and 0 where the clamp is active (the clamped value does not depend on p).
     """
+    xp = array_module(pred)
     spec.check_same_shape("bce", pred, target, "pred,target")
     spec.check_eps("bce", eps)
     if pred.size == 0:
         raise ValueError("bce: pred is empty")
-    p = np.clip(pred, eps, 1 - eps)
-    value = -np.mean(target * np.log(p) + (1 - target) * np.log1p(-p))
-    return _loss(value, pred), (pred, target, eps)
+    p = xp.clip(pred, eps, 1 - eps)
+    value = -xp.mean(target * xp.log(p) + (1 - target) * xp.log1p(-p))
+    return loss_value(value, pred), (pred, target, eps)
 
 
 def bce_backward(grad_out, ctx):
     pred, target, eps = ctx
+    xp = array_module(pred)
     inside = (pred >= eps) & (pred <= 1 - eps)
-    p = np.clip(pred, eps, 1 - eps)
-    g = np.where(inside, (p - target) / (p * (1 - p)), 0.0) * (scalar(grad_out) / pred.size)
-    return g.astype(pred.dtype), None
+    p = xp.clip(pred, eps, 1 - eps)
+    g = xp.where(inside, (p - target) / (p * (1 - p)), 0.0) * (scalar(grad_out, pred) / pred.size)
+    return g.astype(pred.dtype, copy=False), None
 
 
 def kl_div_forward(target, pred):
@@ -79,21 +92,23 @@ def kl_div_forward(target, pred):
 
     d/dp = -t / (N p); target is constant.
     """
+    xp = array_module(target)
     spec.check_same_shape("kl_div", target, pred, "target,pred")
     spec.check_nonempty("kl_div", target, "target")
     n = target.shape[0]
-    value = (np.sum(_xlogy(target, target)) - np.sum(_xlogy(target, pred))) / n
-    return _loss(value, pred), (target, pred)
+    value = (xp.sum(_xlogy(target, target)) - xp.sum(_xlogy(target, pred))) / n
+    return loss_value(value, pred), (target, pred)
 
 
 def kl_div_backward(grad_out, ctx):
     target, pred = ctx
-    return None, (-scalar(grad_out) / target.shape[0]) * target / pred
+    return None, (-scalar(grad_out, pred) / target.shape[0]) * target / pred
 
 
 def _log_softmax(x):
+    xp = array_module(x)
     m = x - x.max(axis=1, keepdims=True)
-    return m - np.log(np.exp(m).sum(axis=1, keepdims=True))
+    return m - xp.log(xp.exp(m).sum(axis=1, keepdims=True))
 
 
 def soft_cross_entropy_forward(logits, target):
@@ -102,17 +117,18 @@ def soft_cross_entropy_forward(logits, target):
     With l_ik = x_ik - log sum_k' exp x_ik': dl_ik'/dx_ik = delta_kk' - softmax_ik, so
     d/dx_ik = (softmax_ik sum_k' q_ik' - q_ik) / N (rows of q need not sum to 1).
     """
+    xp = array_module(logits)
     spec.check_matrix("soft_cross_entropy", logits, "logits")
     spec.check_same_shape("soft_cross_entropy", logits, target, "logits,target")
     logp = _log_softmax(logits)
-    value = -np.sum(target * logp) / logits.shape[0]
-    return _loss(value, logits), (np.exp(logp), target)
+    value = -xp.sum(target * logp) / logits.shape[0]
+    return loss_value(value, logits), (xp.exp(logp), target)
 
 
 def soft_cross_entropy_backward(grad_out, ctx):
     softmax, q = ctx
     g = softmax * q.sum(axis=1, keepdims=True) - q
-    return g * (scalar(grad_out) / q.shape[0]), None
+    return g * (scalar(grad_out, g) / q.shape[0]), None
 
 
 # ---------------------------------------------------------------- DBC (seed 002)
@@ -120,18 +136,20 @@ def soft_cross_entropy_backward(grad_out, ctx):
 
 def _student_log(z, mu, v):
     """u_ij = 1 + ||z_i - mu_j||^2 / v and log s_ij (eq 1, normalised in the log domain)."""
-    u = 1 + np.sum((z[:, None, :] - mu[None, :, :]) ** 2, axis=2) / v
-    logq = -(v + 1) / 2 * np.log(u)
+    xp = array_module(z)
+    u = 1 + xp.sum((z[:, None, :] - mu[None, :, :]) ** 2, axis=2) / v
+    logq = -(v + 1) / 2 * xp.log(u)
     m = logq.max(axis=1, keepdims=True)
-    return u, logq - m - np.log(np.exp(logq - m).sum(axis=1, keepdims=True))
+    return u, logq - m - xp.log(xp.exp(logq - m).sum(axis=1, keepdims=True))
 
 
 def _student_grads(z, mu, v, u, w):
     """(dL/dz, dL/dmu) for dL/dz_i = (1+v)/v sum_j w_ij (z_i - mu_j) / u_ij and
     dL/dmu_j = (1+v)/v sum_i w_ij (mu_j - z_i) / u_ij (DBC eqs 4-5 with w = r - s)."""
+    xp = array_module(z)
     c = ((1 + v) / v * w / u)[:, :, None]
     diff = z[:, None, :] - mu[None, :, :]
-    return np.sum(c * diff, axis=1).astype(z.dtype), np.sum(-c * diff, axis=0).astype(mu.dtype)
+    return xp.sum(c * diff, axis=1).astype(z.dtype, copy=False), xp.sum(-c * diff, axis=0).astype(mu.dtype, copy=False)
 
 
 def student_t_forward(z, mu, v=1.0):
@@ -143,16 +161,18 @@ def student_t_forward(z, mu, v=1.0):
     dL/dz_i = (1+v)/v sum_j w_ij (z_i - mu_j) / u_ij and
     dL/dmu_j = (1+v)/v sum_i w_ij (mu_j - z_i) / u_ij with w = -a.
     """
+    xp = array_module(z)
     spec.check_points_centers("student_t", z, mu)
     spec.check_dof("student_t", v)
     u, logs = _student_log(z, mu, v)
-    s = np.exp(logs)
-    return s.astype(z.dtype), (z, mu, v, u, s)
+    s = xp.exp(logs)
+    return s.astype(z.dtype, copy=False), (z, mu, v, u, s)
 
 
 def student_t_backward(grad_s, ctx):
+    xp = array_module(grad_s)
     z, mu, v, u, s = ctx
-    a = s * (grad_s - np.sum(grad_s * s, axis=1, keepdims=True))
+    a = s * (grad_s - xp.sum(grad_s * s, axis=1, keepdims=True))
     return _student_grads(z, mu, v, u, -a)
 
 
@@ -167,19 +187,20 @@ def dbc_kl_forward(z, mu, r, v=1.0):
     and, exchanging the roles of z and mu,
     dL/dmu_j = (1+v)/v sum_i (r_ij - s_ij) (mu_j - z_i) / (1 + ||mu_j - z_i||^2 / v)   (5).
     """
+    xp = array_module(z)
     spec.check_points_centers("dbc_kl", z, mu)
     spec.check_dof("dbc_kl", v)
     if r.shape != (z.shape[0], mu.shape[0]):
         raise ValueError(f"dbc_kl: r must have shape {(z.shape[0], mu.shape[0])}, got {r.shape}")
     spec.check_rows_sum_to_one("dbc_kl", r, "r")
     u, logs = _student_log(z, mu, v)
-    value = np.sum(_xlogy(r, r)) - np.sum(r * logs)
-    return _loss(value, z), (z, mu, v, u, r - np.exp(logs))
+    value = xp.sum(_xlogy(r, r)) - xp.sum(r * logs)
+    return loss_value(value, z), (z, mu, v, u, r - xp.exp(logs))
 
 
 def dbc_kl_backward(grad_out, ctx):
     z, mu, v, u, r_minus_s = ctx
-    return (*_student_grads(z, mu, v, u, scalar(grad_out) * r_minus_s), None)
+    return (*_student_grads(z, mu, v, u, scalar(grad_out, r_minus_s) * r_minus_s), None)
 
 
 # ---------------------------------------------------------------- DCAE (seed 000)
@@ -190,15 +211,16 @@ def kmeans_compactness_forward(h, centers, assign, lam):
 
     d/dh_n = lam/N (h_n - c_assign(n)); d/dc_k = -lam/N sum_{n: assign(n)=k} (h_n - c_k).
     """
+    xp = array_module(h)
     spec.check_points_centers("kmeans_compactness", h, centers, "h,centers")
     spec.check_labels("kmeans_compactness", assign, h.shape[0], centers.shape[0], "assign")
     resid = h - centers[assign]
-    return _loss(lam / (2 * h.shape[0]) * np.sum(resid * resid), h), (resid, assign, centers.shape[0], lam)
+    return loss_value(lam / (2 * h.shape[0]) * xp.sum(resid * resid), h), (resid, assign, centers.shape[0], lam)
 
 
 def kmeans_compactness_backward(grad_out, ctx):
     resid, assign, k, lam = ctx
-    gh = (scalar(grad_out) * lam / resid.shape[0]) * resid
+    gh = (scalar(grad_out, resid) * lam / resid.shape[0]) * resid
     gc = np.zeros((k, resid.shape[1]), dtype=resid.dtype)
     np.add.at(gc, assign, -gh)
     return gh, gc, None
@@ -209,23 +231,25 @@ def kmeans_compactness_backward(grad_out, ctx):
 
 def fidelity_forward(a, z):
     """DCTL eq 5 data term ||a - z||_F^2 (a sum); d/da = 2 (a - z) = -d/dz."""
+    xp = array_module(a)
     spec.check_same_shape("fidelity", a, z, "a,z")
     diff = a - z
-    return _loss(np.sum(diff * diff), a), diff
+    return loss_value(xp.sum(diff * diff), a), diff
 
 
 def fidelity_backward(grad_out, diff):
-    g = 2.0 * scalar(grad_out) * diff
+    g = 2.0 * scalar(grad_out, diff) * diff
     return g, -g
 
 
 def frobenius_forward(t):
     """||t||_F^2; d/dt = 2 t."""
-    return _loss(np.sum(t * t), t), t
+    xp = array_module(t)
+    return loss_value(xp.sum(t * t), t), t
 
 
 def frobenius_backward(grad_out, t):
-    return (2.0 * scalar(grad_out) * t,)
+    return (2.0 * scalar(grad_out, t) * t,)
 
 
 def neg_logdet_forward(t):
@@ -237,15 +261,16 @@ def neg_logdet_forward(t):
     from the thin SVD M = U diag(sigma) V^T, (M^+)^T = U diag(1/sigma) V^T.
     A rank-deficient M (sigma_min <= 1e-12 sigma_max) raises ValueError.
     """
+    xp = array_module(t)
     f, _ = spec.filter_matrix_shape("neg_logdet", t)
-    u, sigma, vt = np.linalg.svd(t.reshape(f, -1), full_matrices=False)
+    u, sigma, vt = xp.linalg.svd(t.reshape(f, -1), full_matrices=False)
     spec.check_rank("neg_logdet", sigma)
-    return _loss(-np.sum(np.log(sigma)), t), (u, sigma, vt, t.shape)
+    return loss_value(-xp.sum(xp.log(sigma)), t), (u, sigma, vt, t.shape)
 
 
 def neg_logdet_backward(grad_out, ctx):
     u, sigma, vt, shape = ctx
-    return ((-scalar(grad_out)) * ((u / sigma) @ vt).reshape(shape),)
+    return ((-scalar(grad_out, sigma)) * ((u / sigma) @ vt).reshape(shape),)
 
 
 def kmeans_subspace_forward(z, labels, n_clusters):
@@ -266,11 +291,11 @@ def kmeans_subspace_forward(z, labels, n_clusters):
     counts = np.bincount(labels, minlength=n_clusters)
     means = sums / np.maximum(counts, 1)[:, None]
     resid = z - means[labels]
-    return _loss(np.sum(resid * resid), z), resid
+    return loss_value(np.sum(resid * resid), z), resid
 
 
 def kmeans_subspace_backward(grad_out, resid):
-    return 2.0 * scalar(grad_out) * resid, None
+    return 2.0 * scalar(grad_out, resid) * resid, None
 
 
 # ---------------------------------------------------------------- DEPICT (seed 004)
@@ -281,15 +306,17 @@ def balance_kl_forward(p):
 
     d/dp_ik = (log(K f_k) + 1) / N (finite when every f_k > 0, as for softmax outputs).
     """
+    xp = array_module(p)
     spec.check_matrix("balance_kl", p, "p")
     f = p.mean(axis=0)
-    return _loss(np.sum(_xlogy(f, p.shape[1] * f)), p), (f, p.shape)
+    return loss_value(xp.sum(_xlogy(f, p.shape[1] * f)), p), (f, p.shape)
 
 
 def balance_kl_backward(grad_out, ctx):
     f, shape = ctx
-    row = (np.log(shape[1] * f) + 1) * (scalar(grad_out) / shape[0])
-    return (np.broadcast_to(row, shape).copy(),)
+    xp = array_module(f)
+    row = (xp.log(shape[1] * f) + 1) * (scalar(grad_out, f) / shape[0])
+    return (xp.broadcast_to(row, shape).copy(),)
 
 
 OPS = {

@@ -235,3 +235,67 @@ def test_output_sizes_match_formulas():
     assert convshape.conv_transpose_output_size((4, 3), (3, 2), (2, 1), (1, 0), (1, 0)) == (8, 4)
     assert convshape.pool_output_size((7, 8), 3, 2) == (3, 3)
     assert convshape.pool_output_size((6, 6), 2) == (3, 3)
+
+
+# --- the direct (no im2col) kernels: narrow stride-1 layers with kernels of 7x7 and more ---------
+
+DIRECT_CASES = [
+    ("conv2d", (2, 1, 12, 11), (3, 1, 9, 9), {"stride": (1, 1), "padding": (4, 4)}, "DCTL-like, same padding"),
+    ("conv2d", (3, 4, 10, 9), (2, 4, 7, 8), {"stride": (1, 1), "padding": (0, 1)}, "4->2, non-square"),
+    ("conv2d", (1, 3, 9, 9), (3, 3, 9, 7), {"stride": (1, 1), "padding": (2, 0)}, "odd output count"),
+    ("conv2d", (2, 2, 5, 4), (3, 2, 7, 7), {"stride": (1, 1), "padding": (7, 6)}, "padding beyond the kernel"),
+    ("conv_transpose2d", (2, 4, 5, 6), (4, 1, 9, 8), {"stride": (1, 1), "padding": (0, 0), "output_padding": (0, 0)},
+     "DCAE-like 4->1"),
+    ("conv_transpose2d", (1, 3, 4, 7), (3, 3, 7, 7), {"stride": (1, 1), "padding": (2, 3), "output_padding": (0, 0)},
+     "padding cropping, odd channel count"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("name, x_shape, w_shape, attrs, label", DIRECT_CASES)
+def test_direct_path_matches_reference(name, x_shape, w_shape, attrs, label, with_bias, dtype):
+    from nbclust.kernels.cpu import conv as cpu_conv
+
+    assert cpu_conv._use_direct(x_shape[1], w_shape[0] if name == "conv2d" else w_shape[1], w_shape[2:], (1, 1))
+    rng = np.random.default_rng(7)
+    n_bias = w_shape[0] if name == "conv2d" else w_shape[1]
+    inputs = (rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=n_bias) if with_bias else None)
+    spec, ref, cpu = OPS[name], get_backend("reference"), get_backend("cpu")
+    outs_ref, _ = run_op(ref, spec, inputs, attrs)
+    grad_out = rng.normal(size=outs_ref[0].shape)
+    outs_ref, grads_ref = run_op(ref, spec, inputs, attrs, grad_out)
+    cast = tuple(None if a is None else a.astype(dtype) for a in inputs)
+    outs, grads = run_op(cpu, spec, cast, attrs, grad_out.astype(dtype))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert outs[0].dtype == dtype and _rel_err(outs[0], outs_ref[0]) <= tol, label
+    for got, want in zip(grads, grads_ref):
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got.dtype == dtype and got.shape == want.shape and _rel_err(got, want) <= tol, label
+
+
+@pytest.mark.parametrize("name, x_shape, w_shape, attrs, label", DIRECT_CASES[:1] + DIRECT_CASES[3:4])
+def test_direct_path_matches_torch_and_is_thread_count_invariant(name, x_shape, w_shape, attrs, label):
+    import numba
+
+    rng = np.random.default_rng(8)
+    n_bias = w_shape[0] if name == "conv2d" else w_shape[1]
+    inputs = (rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=n_bias))
+    _check_vs_torch(name, inputs, attrs, "cpu")
+    spec, cpu = OPS[name], get_backend("cpu")
+    cast = tuple(a.astype(np.float32) for a in inputs)
+    out, _ = run_op(cpu, spec, cast, attrs)
+    grad_out = rng.normal(size=out[0].shape).astype(np.float32)
+    results = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            results.append(run_op(cpu, spec, cast, attrs, grad_out))
+        finally:
+            numba.set_num_threads(before)
+    (outs_a, grads_a), (outs_b, grads_b) = results
+    np.testing.assert_array_equal(outs_a[0], outs_b[0])
+    for a, b in zip(grads_a, grads_b):
+        np.testing.assert_array_equal(a, b)

@@ -126,8 +126,8 @@ def _import_gpu_with(xp_module):
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
-    """The gpu backend's code running on NumPy arrays (ElementwiseKernel bodies via g++)."""
+def _sim_ops(tmp_path_factory):
+    """The gpu backend's ``OPS`` imported with NumPy for CuPy (ElementwiseKernel bodies via g++)."""
     if shutil.which("g++") is None:
         pytest.skip("the host simulation compiles the kernel bodies with g++")
     _HostKernel.registry = []
@@ -139,7 +139,22 @@ def sim(tmp_path_factory):
     handle = ctypes.CDLL(str(lib))
     for k in _HostKernel.registry:
         k.lib = handle
-    return Backend("cuda-simulated", np, gpu.OPS)
+    return gpu.OPS
+
+
+@pytest.fixture
+def sim(_sim_ops, monkeypatch):
+    """The gpu backend's code running on NumPy arrays.
+
+    The reference functions it shares take their array module from the inputs
+    (``nbclust.reference._xp.array_module``): a stand-in ``cupy`` in
+    ``sys.modules`` makes that the simulated CuPy rather than NumPy, so their
+    device-side branches (a 0-d device ``grad_out``) run here too.
+    """
+    fake = _NumpyAsCupy()
+    fake.get_array_module = lambda *arrays: fake
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return Backend("cuda-simulated", np, _sim_ops)
 
 
 def test_simulated_backend_implements_exactly_the_table(sim):

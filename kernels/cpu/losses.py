@@ -2,8 +2,10 @@
 
 Formulas and gradient derivations are in ``nbclust.reference.losses``.  All
 accumulation is in float64 whatever the input dtype, and every reduction is
-deterministic: parallel loops write per-block or per-row partial results, which
-are then added in a fixed order (gather form, never a scatter across threads).
+deterministic: loops write per-block or per-row partial results, which are then
+added in a fixed order.  The kernels are serial: their inputs are batch-sized
+(a few hundred thousand elements at most), and parallel Numba kernels cost
+3-4x more compile time than they would save here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from nbclust.optable import losses as spec
 
@@ -24,12 +26,12 @@ _KL = 3  # a log(a / b), 0 log 0 = 0 (a: target, b: pred)
 _KL_LOG = 4  # a log a - a b (b: log of the prediction)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _elementwise_sum(kind, a, b, eps):
     n = a.size
     n_blocks = (n + _BLOCK - 1) // _BLOCK
     partial = np.zeros(n_blocks)
-    for blk in prange(n_blocks):
+    for blk in range(n_blocks):
         acc = 0.0
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             x = float(a[i])
@@ -50,10 +52,10 @@ def _elementwise_sum(kind, a, b, eps):
     return total
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _elementwise_grad(kind, a, b, eps, scale, out):
     """out = scale * d(term)/da (for _KL: d/db, the prediction's gradient)."""
-    for i in prange(a.size):
+    for i in range(a.size):
         x = float(a[i])
         y = float(b[i])
         if kind == _SQDIFF:
@@ -67,12 +69,12 @@ def _elementwise_grad(kind, a, b, eps, scale, out):
         out[i] = scale * g
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _soft_ce(x, q, grad):
     """Per-row -sum_k q_ik log_softmax(x)_ik; grad (float64) <- softmax * sum_k q_ik - q."""
     n, k = x.shape
     rows = np.empty(n)
-    for i in prange(n):
+    for i in range(n):
         m = -np.inf
         for j in range(k):
             m = max(m, float(x[i, j]))
@@ -91,12 +93,12 @@ def _soft_ce(x, q, grad):
     return rows
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _student_log(z, mu, v, u, logs):
     """u_ij = 1 + ||z_i - mu_j||^2 / v and log s_ij (DBC eq 1), both float64 (N, K)."""
     n, d = z.shape
     k = mu.shape[0]
-    for i in prange(n):
+    for i in range(n):
         m = -np.inf
         for j in range(k):
             d2 = 0.0
@@ -114,18 +116,18 @@ def _student_log(z, mu, v, u, logs):
             logs[i, j] = (logs[i, j] - m) - log_s  # subtract m first: exact for large |log q|
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _student_grads(z, mu, c, gz, gmu):
     """gz_i = sum_j c_ij (z_i - mu_j), gmu_j = sum_i c_ij (mu_j - z_i) (gather form)."""
     n, d = z.shape
     k = mu.shape[0]
-    for i in prange(n):
+    for i in range(n):
         for col in range(d):
             acc = 0.0
             for j in range(k):
                 acc += c[i, j] * (float(z[i, col]) - float(mu[j, col]))
             gz[i, col] = acc
-    for j in prange(k):
+    for j in range(k):
         for col in range(d):
             acc = 0.0
             for i in range(n):
@@ -133,12 +135,12 @@ def _student_grads(z, mu, c, gz, gmu):
             gmu[j, col] = acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _residual(x, centers, labels, resid):
     """resid (float64) <- x_n - centers[labels_n]; returns the rows' squared norms."""
     n, d = x.shape
     rows = np.empty(n)
-    for i in prange(n):
+    for i in range(n):
         acc = 0.0
         for c in range(d):
             r = float(x[i, c]) - float(centers[labels[i], c])
@@ -160,11 +162,11 @@ def _segment_sum(x, labels, k):
     return sums, counts
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _column_means(p):
     n, k = p.shape
     f = np.empty(k)
-    for j in prange(k):
+    for j in range(k):
         acc = 0.0
         for i in range(n):
             acc += p[i, j]

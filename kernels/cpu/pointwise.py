@@ -1,16 +1,26 @@
 """Numba activations, softmax, batch norm and dropout.
 
 Few jitted functions (cold compile time counts): one elementwise kernel and its
-gradient for all activations, selected by an integer ``kind``; one softmax
-kernel pair with a ``log`` flag; batch norm as a forward and a backward kernel
+gradient for the activations, selected by an integer ``kind`` (the forward of
+sigmoid and tanh uses NumPy's SIMD exp and tanh, several times faster than
+Numba's scalar libm calls); one serial
+softmax kernel pair with a ``log`` flag (its (N, K) inputs are small, and a
+parallel kernel compiles 3x slower); batch norm as a forward and a backward kernel
 parallel over channels, each channel reduced sequentially in float64 (fixed
 order, so results are deterministic); one masked-scale kernel for dropout.
+
+Small problems run on one thread (:func:`run`): waking a thread pool costs
+microseconds on an idle machine and milliseconds on a busy one, more than the
+work itself.  No kernel's result depends on the thread count.
+
+Thread-pool waiting policy: see :mod:`nbclust` (set at ``import nbclust``).
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -20,6 +30,21 @@ from nbclust.optable.pointwise import (
 
 SIGMOID, TANH, RELU, LEAKY_RELU, SELU = range(5)
 
+SERIAL_BELOW = 1 << 18
+"""Work (elements, or multiply-adds for the conv kernels) below which a parallel kernel runs on one thread."""
+
+
+def run(kernel, work: int, *args):
+    """``kernel(*args)``, on one thread when ``work < SERIAL_BELOW``."""
+    if work >= SERIAL_BELOW:
+        return kernel(*args)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
 
 def _real(a, name: str) -> np.ndarray:
     a = np.ascontiguousarray(a)
@@ -28,53 +53,70 @@ def _real(a, name: str) -> np.ndarray:
     return a
 
 
+_CHUNK = 4096  # elements per parallel task of the elementwise kernels
+
+
 @njit(cache=True, parallel=True)
 def _activation(kind, x, slope, y):
-    for i in prange(x.size):
-        v = x[i]
-        if kind == SIGMOID:
-            if v >= 0:
-                y[i] = 1.0 / (1.0 + math.exp(-v))
-            else:
-                e = math.exp(v)
-                y[i] = e / (1.0 + e)
-        elif kind == TANH:
-            y[i] = math.tanh(v)
-        elif kind == RELU:
-            y[i] = v if v > 0 else 0.0
+    """y = act(x) for the activation ``kind`` (ReLU, leaky ReLU, SELU); the kind is tested
+    once per chunk of ``_CHUNK`` elements, so each inner loop is branch-light and vectorisable."""
+    n = x.size
+    for t in prange((n + _CHUNK - 1) // _CHUNK):
+        lo, hi = t * _CHUNK, min(n, (t + 1) * _CHUNK)
+        if kind == RELU:
+            for i in range(lo, hi):
+                v = x[i]
+                y[i] = v if v > 0 else 0
         elif kind == LEAKY_RELU:
-            y[i] = v if v > 0 else slope * v
+            for i in range(lo, hi):
+                v = x[i]
+                y[i] = v if v > 0 else slope * v
         else:
-            y[i] = SELU_SCALE * v if v > 0 else SELU_SCALE * SELU_ALPHA * math.expm1(v)
+            for i in range(lo, hi):
+                v = x[i]
+                y[i] = SELU_SCALE * v if v > 0 else SELU_SCALE * SELU_ALPHA * math.expm1(v)
 
 
 @njit(cache=True, parallel=True)
 def _activation_grad(kind, g, x, y, slope, out):
-    for i in prange(g.size):
+    n = g.size
+    for t in prange((n + _CHUNK - 1) // _CHUNK):
+        lo, hi = t * _CHUNK, min(n, (t + 1) * _CHUNK)
         if kind == SIGMOID:
-            out[i] = g[i] * y[i] * (1.0 - y[i])
+            for i in range(lo, hi):
+                out[i] = g[i] * y[i] * (1 - y[i])
         elif kind == TANH:
-            out[i] = g[i] * (1.0 - y[i] * y[i])
+            for i in range(lo, hi):
+                out[i] = g[i] * (1 - y[i] * y[i])
         elif kind == RELU:
-            out[i] = g[i] if x[i] > 0 else 0.0
+            for i in range(lo, hi):
+                out[i] = g[i] if x[i] > 0 else 0
         elif kind == LEAKY_RELU:
-            out[i] = g[i] if x[i] > 0 else slope * g[i]
+            for i in range(lo, hi):
+                out[i] = g[i] if x[i] > 0 else slope * g[i]
         else:  # SELU: for x <= 0, dy/dx = scale * alpha * exp(x) = y + scale * alpha
-            out[i] = g[i] * SELU_SCALE if x[i] > 0 else g[i] * (y[i] + SELU_SCALE * SELU_ALPHA)
+            for i in range(lo, hi):
+                out[i] = g[i] * SELU_SCALE if x[i] > 0 else g[i] * (y[i] + SELU_SCALE * SELU_ALPHA)
 
 
 def _activation_op(kind: int, name: str):
     def forward(x, slope=0.01):
         x = _real(x, name)
         y = np.empty_like(x)
-        _activation(kind, x.reshape(-1), float(slope), y.reshape(-1))
+        if kind == TANH:
+            np.tanh(x, out=y)
+        elif kind == SIGMOID:  # e = exp(-|x|) cannot overflow; 1/(1+e) for x >= 0, e/(1+e) below,
+            e = np.exp(-np.abs(x))  # so tiny outputs keep full relative precision (BCE takes their log)
+            np.divide(np.where(x >= 0, 1, e), 1 + e, out=y)
+        else:
+            run(_activation, x.size, kind, x.reshape(-1), float(slope), y.reshape(-1))
         return y, (x, y, float(slope))
 
     def backward(grad_y, ctx):
         x, y, slope = ctx
         g = np.ascontiguousarray(grad_y, dtype=y.dtype)
         out = np.empty_like(y)
-        _activation_grad(kind, g.reshape(-1), x.reshape(-1), y.reshape(-1), slope, out.reshape(-1))
+        run(_activation_grad, g.size, kind, g.reshape(-1), x.reshape(-1), y.reshape(-1), slope, out.reshape(-1))
         return (out,)
 
     return forward, backward
@@ -86,10 +128,10 @@ def _no_slope(op):
     return (lambda x: forward(x)), backward
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _softmax(x, log, y):
     n, k = x.shape
-    for i in prange(n):
+    for i in range(n):
         m = x[i, 0]
         for j in range(1, k):
             m = max(m, x[i, j])
@@ -105,10 +147,10 @@ def _softmax(x, log, y):
                 y[i, j] = math.exp(x[i, j] - m) / s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _softmax_grad(g, y, log, out):
     n, k = y.shape
-    for i in prange(n):
+    for i in range(n):
         s = 0.0
         for j in range(k):
             s += g[i, j] if log else g[i, j] * y[i, j]
@@ -196,7 +238,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training=False
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
     y, invstd = np.empty_like(x), np.empty(c)
-    _bn_forward(_as_ncl(x), g64, b64, mean, var, bool(training), float(eps), _as_ncl(y), invstd)
+    run(_bn_forward, x.size, _as_ncl(x), g64, b64, mean, var, bool(training), float(eps), _as_ncl(y), invstd)
     if training:
         new_mean = (1.0 - momentum) * running_mean + momentum * mean
         new_var = (1.0 - momentum) * running_var + momentum * var * (n / (n - 1))
@@ -211,7 +253,7 @@ def batch_norm_backward(grad_y, ctx):
     g = np.ascontiguousarray(grad_y, dtype=x.dtype)
     c = x.shape[1]
     dx, dgamma, dbeta = np.empty_like(x), np.empty(c), np.empty(c)
-    _bn_backward(_as_ncl(g), _as_ncl(x), mean, invstd, g64, training, _as_ncl(dx), dgamma, dbeta)
+    run(_bn_backward, x.size, _as_ncl(g), _as_ncl(x), mean, invstd, g64, training, _as_ncl(dx), dgamma, dbeta)
     return dx, dgamma.astype(param_dtype), dbeta.astype(param_dtype), None, None
 
 
@@ -227,7 +269,7 @@ def dropout_forward(x, mask, p=0.5):
     mask = np.ascontiguousarray(mask)
     scale = 1.0 / (1.0 - p)
     y = np.empty_like(x)
-    _masked_scale(x.reshape(-1), mask.reshape(-1), scale, y.reshape(-1))
+    run(_masked_scale, x.size, x.reshape(-1), mask.reshape(-1), scale, y.reshape(-1))
     return y, (mask, scale)
 
 
@@ -235,7 +277,7 @@ def dropout_backward(grad_y, ctx):
     mask, scale = ctx
     g = np.ascontiguousarray(grad_y)
     out = np.empty_like(g)
-    _masked_scale(g.reshape(-1), mask.reshape(-1), scale, out.reshape(-1))
+    run(_masked_scale, g.size, g.reshape(-1), mask.reshape(-1), scale, out.reshape(-1))
     return out, None
 
 

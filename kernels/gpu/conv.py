@@ -5,7 +5,8 @@ through a cached index table (:mod:`._tables`); its adjoint ``col2im`` is a
 gather too (each input pixel sums the patch elements that read it, in a fixed
 order), so every op here is deterministic: no atomics, no scatter-add.
 ``conv_transpose2d`` is the adjoint of ``conv2d`` in its input and reuses the
-same tables.  Shapes are validated by :mod:`nbclust.convshape`, as on every backend.
+same tables.  Shapes are validated by :mod:`nbclust.convshape`, as on every backend;
+``linear`` and ``reshape`` are the reference's own (array-module free) functions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import NamedTuple
 from nbclust import convshape
 from nbclust.kernels.gpu._tables import conv_tables, pool_tables
 from nbclust.kernels.gpu._xp import xp
+from nbclust.reference import conv as _ref
 
 
 class _Geometry(NamedTuple):
@@ -96,8 +98,7 @@ def conv_transpose2d_backward(grad_y, ctx):
 
 def max_pool2d_forward(x, kernel=(2, 2), stride=(2, 2)):
     """Window maxima and their flat plane indices (torch layout; the first maximum wins)."""
-    n, c, ho, wo = convshape.check_pool_input(x, kernel, stride)
-    (kh, kw), (sh, sw) = convshape.normalize_pair(kernel, "kernel"), convshape.normalize_pair(stride, "stride")
+    (n, c, ho, wo), (kh, kw), (sh, sw) = _ref.pool_geometry(x, kernel, stride)
     h, w = x.shape[2:]
     windows, cover, _ = pool_tables(h, w, kh, kw, sh, sw)
     vals = xp.ascontiguousarray(x).reshape(n * c, h * w)[:, windows]  # (NC, P, kh*kw)
@@ -126,8 +127,7 @@ def max_unpool2d_forward(x, indices, output_size=(1, 1)):
     winning window, and the final write has distinct indices.
     """
     n, c, h, w = convshape.check_unpool_input(x, indices, output_size)
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= h * w):
-        raise ValueError(f"max_unpool2d: indices must lie in [0, {h * w}) (the output plane)")
+    _ref.check_unpool_range(indices, h * w)
     nc, p = n * c, x.shape[2] * x.shape[3]
     idx = indices.reshape(nc, p).astype(xp.int64)
     flat = (idx + xp.arange(nc, dtype=xp.int64)[:, None] * (h * w)).ravel()
@@ -145,32 +145,11 @@ def max_unpool2d_backward(grad_y, ctx):
     return xp.take_along_axis(g, idx, axis=1).reshape(x_shape), None
 
 
-def linear_forward(x, w, b):
-    convshape.check_linear_input(x, w, b)
-    y = xp.matmul(x, w.T)
-    if b is not None:
-        y += b
-    return y, (x, w, b is not None)
-
-
-def linear_backward(grad_y, ctx):
-    x, w, has_bias = ctx
-    return xp.matmul(grad_y, w), xp.matmul(grad_y.T, x), (grad_y.sum(axis=0) if has_bias else None)
-
-
-def reshape_forward(x, shape=(-1,)):
-    return x.reshape(convshape.check_reshape(x, shape)), x.shape
-
-
-def reshape_backward(grad_y, x_shape):
-    return (grad_y.reshape(x_shape),)
-
-
 OPS = {
     "conv2d": (conv2d_forward, conv2d_backward),
     "conv_transpose2d": (conv_transpose2d_forward, conv_transpose2d_backward),
     "max_pool2d": (max_pool2d_forward, max_pool2d_backward),
     "max_unpool2d": (max_unpool2d_forward, max_unpool2d_backward),
-    "linear": (linear_forward, linear_backward),
-    "reshape": (reshape_forward, reshape_backward),
+    "linear": (_ref.linear_forward, _ref.linear_backward),
+    "reshape": (_ref.reshape_forward, _ref.reshape_backward),
 }
