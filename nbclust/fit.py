@@ -53,6 +53,7 @@ HYPER = [
     ("--n-layers", "n_layers", int, "DCTL: transform layers, 1|2"),
     ("--pool", "pool", str, "DCTL: max-pooling rule, auto|always|never (auto: pool while the map keeps side >= 7)"),
     ("--z-lr", "z_lr", float, "DCTL: Adam step size of the codes Z (0.1)"),
+    ("--activation", "activation", str, "DCAE: hidden activations, relu|sigmoid (paper: sigmoid; default relu)"),
     ("--momentum", "momentum", float, "DCAE: SGD momentum (0.9)"),
     ("--weight-decay", "weight_decay", float, "DCAE: SGD weight decay (5e-4)"),
     ("--cluster-lr", "cluster_lr", float, "DBC: clustering-stage learning rate"),

@@ -31,28 +31,34 @@ def dcae_kernels(side: int) -> tuple[int, int, int]:
     return k, a, side - a + 1
 
 
-def dcae(image_shape, embedding_dim=10, hidden=250, *, backend="cpu", dtype=None, rng=None):
+def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", backend="cpu", dtype=None,
+         rng=None):
     """DCAE (seeds 000/001): conv k x8 -> conv k x4 -> dense 250 -> dense 10, mirrored decoder.
 
     Decoder: dense 250 -> reshape 250x1x1 -> convT (a x a, 4 maps) -> convT (b x b, C maps).
-    Sigmoid after every layer (seed 001: "a standard sigmoid activation function"),
-    Xavier-uniform weights, zero biases.
+    ``activation="sigmoid"`` (the paper, seed 001: "a standard sigmoid activation function"):
+    sigmoid after every layer.  ``"relu"``: ReLU after the hidden layers, a linear embedding,
+    sigmoid output (kept for the cross-entropy loss).  Xavier-uniform weights, zero biases.
     """
+    if activation not in ("sigmoid", "relu"):
+        raise ValueError(f"activation must be 'sigmoid' or 'relu', got {activation!r}")
     kw = _kw(backend, dtype, rng)
+    act = (lambda: nn.Sigmoid(**kw)) if activation == "sigmoid" else (lambda: nn.ReLU(**kw))
+    emb_act = [nn.Sigmoid(**kw)] if activation == "sigmoid" else []
     C, H, W = image_shape
     (kh, ah, bh), (kw_, aw, bw) = dcae_kernels(H), dcae_kernels(W)
     feat = 4 * (H - 2 * (kh - 1)) * (W - 2 * (kw_ - 1))
     enc = nn.Sequential(
-        nn.Conv2d(C, 8, (kh, kw_), **kw), nn.Sigmoid(**kw),
-        nn.Conv2d(8, 4, (kh, kw_), **kw), nn.Sigmoid(**kw),
+        nn.Conv2d(C, 8, (kh, kw_), **kw), act(),
+        nn.Conv2d(8, 4, (kh, kw_), **kw), act(),
         nn.Flatten(**kw),
-        nn.Linear(feat, hidden, **kw), nn.Sigmoid(**kw),
-        nn.Linear(hidden, embedding_dim, **kw), nn.Sigmoid(**kw),
+        nn.Linear(feat, hidden, **kw), act(),
+        nn.Linear(hidden, embedding_dim, **kw), *emb_act,
     )
     dec = nn.Sequential(
-        nn.Linear(embedding_dim, hidden, **kw), nn.Sigmoid(**kw),
+        nn.Linear(embedding_dim, hidden, **kw), act(),
         nn.Reshape((hidden, 1, 1), **kw),
-        nn.ConvTranspose2d(hidden, 4, (ah, aw), **kw), nn.Sigmoid(**kw),
+        nn.ConvTranspose2d(hidden, 4, (ah, aw), **kw), act(),
         nn.ConvTranspose2d(4, C, (bh, bw), **kw), nn.Sigmoid(**kw),
     )
     return enc, dec

@@ -13,7 +13,23 @@ K distinct samples drawn from the estimator's Generator.  A cluster left empty b
 eq 6 is re-seeded at the embedding of the sample farthest from its own centre
 (largest first, one sample per empty cluster), so no mean divides by zero.
 Optimiser (seed 001): SGD lr 0.006, momentum 0.9, weight decay 5e-4, batch 100,
-lambda 0.2, Xavier init, zero biases; the paper runs 500 epochs (``epochs=500``).
+lambda 0.2, Xavier init, zero biases; the paper runs 500 epochs.
+
+Two deviations, both options (``PAPER`` holds the paper's reading:
+``DCAE(**DCAE.PAPER)``):
+
+* ``activation="relu"`` (default): ReLU hidden layers and a linear embedding, sigmoid
+  output.  The paper's all-sigmoid network (``"sigmoid"``) starts with a near-constant
+  embedding (each sigmoid layer shrinks the spread between samples), so SGD first fits
+  the mean image and the embedding stays collapsed (spread ~1e-3, E2 ~1e-7) for the
+  ~1000 steps of a practical run: digits ACC 0.48 after 50 epochs, below raw k-means.
+* ``lr_pixels=64`` (default): E1 is summed over the P pixels (eq 3; MatConvNet sums
+  the loss over pixels and averages the gradient over the batch), so its gradient and
+  hence the SGD step grow with P.  The step is ``lr * lr_pixels / P``: the paper's 0.006
+  for 8x8 images, 0.0005 for 28x28 (0.006 there kills the ReLU network: it stalls at the
+  mean image).  ``None``: ``lr`` as given.
+
+Default ``epochs=50`` (digits ACC 0.85 in ~30 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -26,15 +42,18 @@ from nbclust.methods.base import DeepClusterer
 
 
 class DCAE(DeepClusterer):
-    """Deep convolutional auto-encoder with embedded k-means clustering (sigmoid network, eqs 3-7).
+    """Deep convolutional auto-encoder with embedded k-means clustering (eqs 3-7).
 
     Architecture and its size rule: :func:`nbclust.methods.architectures.dcae`.
     """
 
+    PAPER = {"activation": "sigmoid", "lr_pixels": None, "epochs": 500}
+
     _min_size = 6
 
     def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0, epochs=50,
-                 batch_size=100, lr=0.006, momentum=0.9, weight_decay=5e-4, lam=0.2, embedding_dim=10):
+                 batch_size=100, lr=0.006, momentum=0.9, weight_decay=5e-4, lam=0.2, embedding_dim=10,
+                 activation="relu", lr_pixels=64):
         self.n_clusters = n_clusters
         self.backend = backend
         self.random_state = random_state
@@ -46,8 +65,15 @@ class DCAE(DeepClusterer):
         self.weight_decay = weight_decay
         self.lam = lam
         self.embedding_dim = embedding_dim
+        self.activation = activation
+        self.lr_pixels = lr_pixels
 
     def _check_params(self):
+        if self.activation not in ("sigmoid", "relu"):
+            raise ValueError(f"activation must be 'sigmoid' or 'relu', got {self.activation!r}")
+        lp = self.lr_pixels
+        if lp is not None and not (isinstance(lp, (int, np.integer)) and lp >= 1):
+            raise ValueError(f"lr_pixels must be None or an integer >= 1, got {self.lr_pixels!r}")
         if not (isinstance(self.lam, (int, float)) and self.lam >= 0):
             raise ValueError(f"lam must be a number >= 0, got {self.lam!r}")
         if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
@@ -58,8 +84,8 @@ class DCAE(DeepClusterer):
             raise ValueError(f"embedding_dim must be an integer >= 1, got {self.embedding_dim!r}")
 
     def _build(self, image_shape):
-        enc, dec = architectures.dcae(image_shape, self.embedding_dim, backend=self._backend.name,
-                                      dtype=self._dtype, rng=self._seed())
+        enc, dec = architectures.dcae(image_shape, self.embedding_dim, activation=self.activation,
+                                      backend=self._backend.name, dtype=self._dtype, rng=self._seed())
         return {"encoder": enc, "decoder": dec}
 
     def _phases(self):
@@ -67,7 +93,13 @@ class DCAE(DeepClusterer):
 
     def _make_optimizers(self, phase):
         params = self.modules_["encoder"].parameters() + self.modules_["decoder"].parameters()
-        return {"sgd": optim.SGD(params, self.lr, momentum=self.momentum, weight_decay=self.weight_decay)}
+        return {"sgd": optim.SGD(params, self.step_size(), momentum=self.momentum, weight_decay=self.weight_decay)}
+
+    def step_size(self) -> float:
+        """The SGD step: ``lr``, times ``lr_pixels / P`` (P = values per image) unless ``lr_pixels`` is None."""
+        if self.lr_pixels is None:
+            return float(self.lr)
+        return float(self.lr) * self.lr_pixels / int(np.prod(self.image_shape_))
 
     def _start_phase(self, phase, X):
         pick = self._rng.choice(X.shape[0], self.n_clusters, replace=False)
