@@ -188,3 +188,18 @@ def test_accepts_memmap_with_channel_axis(name, data, tmp_path):
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
     est = tiny(name).fit(mm)
     assert est.image_shape_ == (1, 8, 8) and est.labels_.shape == (len(X),)
+
+
+AUTOENCODERS = {"DCAE", "FCAEKMeans", "DBC", "DCEC", "DEPICT"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reconstruct_only_for_autoencoders(name, data, fitted):
+    X, _ = data
+    est, _, _ = fitted(name)
+    assert hasattr(est, "reconstruct") == (name in AUTOENCODERS)
+    if name in AUTOENCODERS:
+        rec = est.reconstruct(X[:5])
+        assert rec.shape == (5, 1, *X.shape[1:]) and np.isfinite(rec).all()
+        # a decoder that ignored its input would give the same image for every sample
+        assert np.ptp(rec, axis=0).max() > 0

@@ -491,3 +491,27 @@ def _unflatten(skel, arrays):
 
 def _key(k: str):
     return int(k) if k.lstrip("-").isdigit() else k
+
+
+class AutoencoderMixin:
+    """``reconstruct(X)`` for the methods built on an autoencoder (plots, inspection).
+
+    ``_decode(z)`` maps the encoder output back to images; the default runs the
+    ``"decoder"`` module.  Put the mixin before :class:`DeepClusterer` in the bases.
+    """
+
+    def reconstruct(self, X) -> np.ndarray:
+        """The autoencoder's output for ``X`` (N, C, H, W), on the scale the model sees (uint8 / 255)."""
+        self._check_fitted()
+        Xd = self._backend.asarray(self._check_X(X, fitted=True), dtype=self._dtype)
+        self._set_mode(False)
+        try:
+            out = [self._backend.to_numpy(self._decode(self._embed(Xd[i : i + 512])))
+                   for i in range(0, Xd.shape[0], 512)]
+        finally:
+            self._set_mode(True)
+        return np.concatenate(out).astype(np.float64)
+
+    def _decode(self, z):
+        return self.modules_["decoder"](z)
+

@@ -27,13 +27,13 @@ import numpy as np
 
 from nbclust import optim
 from nbclust.methods import architectures
-from nbclust.methods.base import DeepClusterer
+from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 from nbclust.nn import Parameter
 
 NORMALIZATIONS = ("boosted", "soft", "none")
 
 
-class FCAEKMeans(DeepClusterer):
+class FCAEKMeans(AutoencoderMixin, DeepClusterer):
     """FCAE features + k-means (the FCAE-KMS baseline of seed 002); one phase, "pretrain"."""
 
     _min_size = 8

@@ -38,10 +38,10 @@ import numpy as np
 
 from nbclust import optim
 from nbclust.methods import architectures
-from nbclust.methods.base import DeepClusterer
+from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 
 
-class DCAE(DeepClusterer):
+class DCAE(AutoencoderMixin, DeepClusterer):
     """Deep convolutional auto-encoder with embedded k-means clustering (eqs 3-7).
 
     Architecture and its size rule: :func:`nbclust.methods.architectures.dcae`.

@@ -23,11 +23,11 @@ import numpy as np
 
 from nbclust import optim
 from nbclust.methods import architectures
-from nbclust.methods.base import DeepClusterer
+from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 from nbclust.nn import Parameter
 
 
-class DCEC(DeepClusterer):
+class DCEC(AutoencoderMixin, DeepClusterer):
     """Convolutional auto-encoder + DEC-style self-training with a kept reconstruction loss."""
 
     _min_size = 8

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust.methods.base import DeepClusterer
+from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 
 _TARGETS = ("paper", "code")
 
@@ -148,7 +148,7 @@ class DEPICTNet:
         return terms
 
 
-class DEPICT(DeepClusterer):
+class DEPICT(AutoencoderMixin, DeepClusterer):
     """DEPICT (Ghasedi Dizaji et al., ICCV 2017); see the module docstring."""
 
     _state_attrs = ("target_",)
@@ -237,6 +237,11 @@ class DEPICT(DeepClusterer):
 
     def _embed(self, xb):
         return self.net_.embed(xb)
+
+    def _decode(self, z):
+        """The mirrored decoder's tanh output mapped back from [-1, 1] to [0, 1]."""
+        net = self.net_
+        return (net.dec1(net.dec2(net.dec3(z))) + 1) / 2
 
     def _assign(self, Z):
         return np.argmax(self._logits(Z), axis=1).astype(np.int64)
