@@ -2,8 +2,8 @@
 
 Few jitted functions (cold compile time counts): one elementwise kernel and its
 gradient for the activations, selected by an integer ``kind`` (the forward of
-sigmoid and tanh uses NumPy's SIMD exp and tanh, several times faster than
-Numba's scalar libm calls); one serial
+sigmoid is scipy's ``expit`` and of tanh NumPy's SIMD ``tanh``, several times
+faster than Numba's scalar libm calls); one serial
 softmax kernel pair with a ``log`` flag (its (N, K) inputs are small, and a
 parallel kernel compiles 3x slower); batch norm as a forward and a backward kernel
 parallel over channels, each channel reduced sequentially in float64 (fixed
@@ -23,6 +23,7 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange
+from scipy.special import expit
 
 from nbclust.optable.pointwise import (
     SELU_ALPHA, SELU_SCALE, check_batch_norm, check_dropout, check_softmax,
@@ -105,9 +106,8 @@ def _activation_op(kind: int, name: str):
         y = np.empty_like(x)
         if kind == TANH:
             np.tanh(x, out=y)
-        elif kind == SIGMOID:  # e = exp(-|x|) cannot overflow; 1/(1+e) for x >= 0, e/(1+e) below,
-            e = np.exp(-np.abs(x))  # so tiny outputs keep full relative precision (BCE takes their log)
-            np.divide(np.where(x >= 0, 1, e), 1 + e, out=y)
+        elif kind == SIGMOID:  # scipy's expit: overflow-free, full relative precision of tiny outputs
+            expit(x, out=y)  # (BCE takes their log), and 2x faster than exp + where + divide here
         else:
             run(_activation, x.size, kind, x.reshape(-1), float(slope), y.reshape(-1))
         return y, (x, y, float(slope))
