@@ -362,22 +362,6 @@ def max_pool2d_backward(grad_y, ctx):
     return (grad_x.reshape(x_shape),)
 
 
-def max_unpool2d_forward(x, indices, output_size=(1, 1)):
-    n, c, h, w = convshape.check_unpool_input(x, indices, output_size)
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= h * w):
-        raise ValueError(f"max_unpool2d: indices must lie in [0, {h * w}) (the output plane)")
-    flat = np.ascontiguousarray(indices, dtype=np.int64).reshape(n, c, -1)
-    y = np.zeros((n, c, h * w), dtype=x.dtype)
-    np.put_along_axis(y, flat, x.reshape(n, c, -1), axis=2)
-    return y.reshape(n, c, h, w), (flat, x.shape)
-
-
-def max_unpool2d_backward(grad_y, ctx):
-    flat, x_shape = ctx
-    g = grad_y.reshape(x_shape[0], x_shape[1], -1)
-    return np.take_along_axis(g, flat, axis=2).reshape(x_shape), None
-
-
 def linear_forward(x, w, b):
     convshape.check_linear_input(x, w, b)
     w = _as(w, x.dtype)
@@ -397,7 +381,7 @@ OPS = {
     "conv2d": (conv2d_forward, conv2d_backward),
     "conv_transpose2d": (conv_transpose2d_forward, conv_transpose2d_backward),
     "max_pool2d": (max_pool2d_forward, max_pool2d_backward),
-    "max_unpool2d": (max_unpool2d_forward, max_unpool2d_backward),
+    "max_unpool2d": reference_conv.OPS["max_unpool2d"],  # NumPy put/take along an axis: already one pass
     "linear": (linear_forward, linear_backward),
     "reshape": reference_conv.OPS["reshape"],  # metadata only: the same on every backend
 }

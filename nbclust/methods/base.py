@@ -400,6 +400,14 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
     def _after_load(self):
         """Hook: re-attach loaded arrays (e.g. centres as trainable parameters)."""
 
+    def _centres_as_parameter(self):
+        """``self._mu``: the centres as a trainable Parameter (DBC, DCEC learn mu by gradient)."""
+        from nbclust.nn import Parameter
+
+        if self.cluster_centers_ is not None:
+            mu = self._backend.asarray(self.cluster_centers_, self._dtype)
+            self._mu = Parameter(mu, self._backend.xp.zeros_like(mu))
+
     # ------------------------------------------------------ predict & co.
     def _check_fitted(self):
         if getattr(self, "modules_", None) is None or getattr(self, "cluster_centers_", None) is None:

@@ -24,7 +24,6 @@ import numpy as np
 from nbclust import optim
 from nbclust.methods import architectures
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer
-from nbclust.nn import Parameter
 
 
 class DCEC(AutoencoderMixin, DeepClusterer):
@@ -76,9 +75,7 @@ class DCEC(AutoencoderMixin, DeepClusterer):
             self._after_load()
 
     def _after_load(self):
-        if self.cluster_centers_ is not None:
-            mu = self._backend.asarray(self.cluster_centers_, self._dtype)
-            self._mu = Parameter(mu, self._backend.xp.zeros_like(mu))
+        self._centres_as_parameter()
 
     def _make_optimizers(self, phase):
         params = self.modules_["encoder"].parameters() + self.modules_["decoder"].parameters()
