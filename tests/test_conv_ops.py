@@ -10,6 +10,8 @@ from nbclust.backend import get_backend
 from nbclust.gradcheck import run_op
 from nbclust.optable import OPS
 
+from conftest import rel_err
+
 BACKENDS = ("reference", "cpu")
 small = st.integers
 
@@ -52,10 +54,6 @@ def max_pool2d_problems(draw):
     return (x,), {"kernel": (kh, kw), "stride": (sh, sw)}
 
 
-def _rel_err(a, b):
-    return float(np.max(np.abs(a - b), initial=0.0)) / max(float(np.max(np.abs(b), initial=0.0)), 1e-30)
-
-
 def _check_cpu_vs_reference(name, inputs, attrs):
     spec, ref, cpu = OPS[name], get_backend("reference"), get_backend("cpu")
     outs_ref, _ = run_op(ref, spec, inputs, attrs)
@@ -64,11 +62,11 @@ def _check_cpu_vs_reference(name, inputs, attrs):
     outs, grads = run_op(cpu, spec, inputs, attrs, grad_out)
     for got, want in zip(outs, outs_ref):
         assert got.shape == want.shape and got.dtype == want.dtype
-        assert _rel_err(got, want) <= 1e-12
+        assert rel_err(got, want) <= 1e-12
     for got, want in zip(grads, grads_ref):
         assert (got is None) == (want is None)
         if want is not None:
-            assert got.shape == want.shape and _rel_err(got, want) <= 1e-12
+            assert got.shape == want.shape and rel_err(got, want) <= 1e-12
 
 
 def _check_vs_torch(name, inputs, attrs, backend):
@@ -88,10 +86,10 @@ def _check_vs_torch(name, inputs, attrs, backend):
         if want.dtype.kind in "iu":
             np.testing.assert_array_equal(got, want)
         else:
-            assert _rel_err(got, want) <= 1e-10
+            assert rel_err(got, want) <= 1e-10
     for got, t in zip(grads, tin):
         if got is not None:
-            assert _rel_err(got, t.grad.numpy()) <= 1e-10
+            assert rel_err(got, t.grad.numpy()) <= 1e-10
 
 
 @settings(max_examples=25, deadline=None)
@@ -268,11 +266,11 @@ def test_direct_path_matches_reference(name, x_shape, w_shape, attrs, label, wit
     cast = tuple(None if a is None else a.astype(dtype) for a in inputs)
     outs, grads = run_op(cpu, spec, cast, attrs, grad_out.astype(dtype))
     tol = 1e-12 if dtype == np.float64 else 1e-5
-    assert outs[0].dtype == dtype and _rel_err(outs[0], outs_ref[0]) <= tol, label
+    assert outs[0].dtype == dtype and rel_err(outs[0], outs_ref[0]) <= tol, label
     for got, want in zip(grads, grads_ref):
         assert (got is None) == (want is None)
         if want is not None:
-            assert got.dtype == dtype and got.shape == want.shape and _rel_err(got, want) <= tol, label
+            assert got.dtype == dtype and got.shape == want.shape and rel_err(got, want) <= tol, label
 
 
 @pytest.mark.parametrize("name, x_shape, w_shape, attrs, label", DIRECT_CASES[:1] + DIRECT_CASES[3:4])

@@ -31,13 +31,9 @@ from nbclust.backend import Backend, cuda_available, get_backend
 from nbclust.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
 from nbclust.optable import OPS
 
-AGREEMENT = {np.float32: 1e-5, np.float64: 1e-12}
+from conftest import assert_matches_reference, rel_err
+
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs CuPy and an NVIDIA GPU")
-
-
-def _rel_err(a, b):
-    return float(np.max(np.abs(a.astype(np.float64) - b), initial=0.0)) / max(
-        float(np.max(np.abs(b), initial=0.0)), 1e-30)
 
 
 # ------------------------------------------------------------------ simulation on the host
@@ -164,26 +160,7 @@ def test_simulated_backend_implements_exactly_the_table(sim):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_simulated_backend_matches_reference(sim, name, dtype):
-    spec, ref = OPS[name], get_backend("reference")
-    rng = np.random.default_rng(1)
-    for case in spec.cases(rng):
-        inputs64 = cast_inputs(case, np.float64)
-        outs_ref, _ = run_op(ref, spec, inputs64, case.attrs)
-        grad_out = rng.normal(size=outs_ref[0].shape)
-        outs_ref, grads_ref = run_op(ref, spec, inputs64, case.attrs, grad_out)
-        outs, grads = run_op(sim, spec, cast_inputs(case, dtype), case.attrs, grad_out.astype(dtype))
-        assert outs[0].dtype == dtype
-        for got, want in zip(outs, outs_ref):
-            if want.dtype.kind in "iu":
-                np.testing.assert_array_equal(got, want)
-            else:
-                assert got.dtype == dtype
-                assert _rel_err(got, want) <= AGREEMENT[dtype], f"{name} [{case.label}] forward"
-        for k, (got, want) in enumerate(zip(grads, grads_ref)):
-            assert (got is None) == (want is None), f"{name}: grad {spec.inputs[k]} presence differs"
-            if want is not None:
-                assert got.dtype == dtype
-                assert _rel_err(got, want) <= AGREEMENT[dtype], f"{name} [{case.label}] grad {spec.inputs[k]}"
+    assert_matches_reference(sim, name, dtype)
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -295,10 +272,10 @@ def test_cuda_matches_torch_cuda(name, dtype, monkeypatch):
             if want.dtype.kind in "iu":
                 np.testing.assert_array_equal(got, want)
             else:
-                assert _rel_err(got, want.astype(np.float64)) <= tol, f"{name} [{case.label}] forward"
+                assert rel_err(got, want.astype(np.float64)) <= tol, f"{name} [{case.label}] forward"
         for k, (got, want) in enumerate(zip(grads, t_grads)):
             if got is not None and want is not None:
-                assert _rel_err(got, want.astype(np.float64)) <= tol, f"{name} [{case.label}] grad {spec.inputs[k]}"
+                assert rel_err(got, want.astype(np.float64)) <= tol, f"{name} [{case.label}] grad {spec.inputs[k]}"
 
 
 @needs_cuda

@@ -8,13 +8,9 @@ from nbclust.gradcheck import run_op
 from nbclust.optable import OPS
 from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
 
-from conftest import AVAILABLE_BACKENDS
+from conftest import AVAILABLE_BACKENDS, rel_err
 
 NAMES = ["sigmoid", "tanh", "relu", "leaky_relu", "selu", "softmax", "log_softmax", "batch_norm", "dropout"]
-
-
-def _rel_err(got, want):
-    return float(np.max(np.abs(got - want), initial=0.0)) / max(float(np.max(np.abs(want), initial=0.0)), 1e-30)
 
 
 @pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
@@ -33,10 +29,10 @@ def test_forward_and_gradients_match_torch_float64(name, backend):
         outs, grads = run_op(b, spec, case.inputs, case.attrs, grad_out)
         assert len(outs) == len(want) == 1 + len(spec.aux)
         for got, ref in zip(outs, want):
-            assert _rel_err(got, ref.detach().numpy()) <= 1e-12, f"{name} [{case.label}] forward"
+            assert rel_err(got, ref.detach().numpy()) <= 1e-12, f"{name} [{case.label}] forward"
         for k, t in enumerate(tensors):
             if spec.is_differentiable(k):
-                err = _rel_err(grads[k], t.grad.numpy())
+                err = rel_err(grads[k], t.grad.numpy())
                 assert err <= 1e-10, f"{name} [{case.label}] grad {spec.inputs[k]}: {err:.2e}"
             else:
                 assert grads[k] is None
@@ -62,13 +58,13 @@ def test_batch_norm_running_statistics_follow_torch(shape, backend):
         (y, new_rm, new_rv), _ = op.forward(x, gamma, beta, rm, rv, **attrs)
         rm, rv = new_rm, new_rv
         y_torch = module.train()(torch.from_numpy(x)).detach().numpy()
-        assert _rel_err(y, y_torch) <= 1e-12
-    assert _rel_err(rm, module.running_mean.numpy()) <= 1e-12
-    assert _rel_err(rv, module.running_var.numpy()) <= 1e-12
+        assert rel_err(y, y_torch) <= 1e-12
+    assert rel_err(rm, module.running_mean.numpy()) <= 1e-12
+    assert rel_err(rv, module.running_var.numpy()) <= 1e-12
     x = rng.normal(size=shape)
     (y, same_rm, same_rv), _ = op.forward(x, gamma, beta, rm, rv, **{**attrs, "training": False})
     assert np.array_equal(same_rm, rm) and np.array_equal(same_rv, rv)
-    assert _rel_err(y, module.eval()(torch.from_numpy(x)).detach().numpy()) <= 1e-12
+    assert rel_err(y, module.eval()(torch.from_numpy(x)).detach().numpy()) <= 1e-12
 
 
 @pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
@@ -128,7 +124,7 @@ def test_cpu_activations_accept_non_contiguous_input(name):
     x = np.sign(x) * (0.05 + np.abs(x))
     got, _ = get_backend("cpu").op(name).forward(x)
     want, _ = get_backend("reference").op(name).forward(x)
-    assert _rel_err(got, want) <= 1e-12
+    assert rel_err(got, want) <= 1e-12
 
 
 def test_cpu_batch_norm_is_deterministic():
