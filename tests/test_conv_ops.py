@@ -253,9 +253,9 @@ DIRECT_CASES = [
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("name, x_shape, w_shape, attrs, label", DIRECT_CASES)
 def test_direct_path_matches_reference(name, x_shape, w_shape, attrs, label, with_bias, dtype):
-    from nbclust.kernels.cpu import conv as cpu_conv
+    from nbclust.kernels.cpu import direct as cpu_direct
 
-    assert cpu_conv._use_direct(x_shape[1], w_shape[0] if name == "conv2d" else w_shape[1], w_shape[2:], (1, 1))
+    assert cpu_direct.use_direct(x_shape[1], w_shape[0] if name == "conv2d" else w_shape[1], w_shape[2:], (1, 1))
     rng = np.random.default_rng(7)
     n_bias = w_shape[0] if name == "conv2d" else w_shape[1]
     inputs = (rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=n_bias) if with_bias else None)

@@ -8,7 +8,8 @@ call, never both at once; where a Numba region must call BLAS it runs under
 from nbclust.kernels.cpu import conv as _conv
 from nbclust.kernels.cpu import losses as _losses
 from nbclust.kernels.cpu import pointwise as _pointwise
+from nbclust.kernels.cpu import pool as _pool
 
 OPS = {}
-for _module in (_conv, _pointwise, _losses):
+for _module in (_conv, _pool, _pointwise, _losses):
     OPS.update(_module.OPS)

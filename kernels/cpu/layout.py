@@ -1,0 +1,65 @@
+"""Batch-last layout helpers shared by the conv kernels.
+
+The conv kernels work on batch-last arrays (C, H, W, N): every copy and every
+inner loop then runs over N contiguous values however small the image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from nbclust.kernels.cpu.pointwise import run
+
+
+@njit(cache=True, parallel=True)
+def _transpose(a, out):
+    """out = a.T for 2-D ``a``, in 32 x 32 tiles (cache-friendly both ways).  Parallel over row tiles of ``a``."""
+    rows, cols = a.shape
+    for tr in prange((rows + 31) // 32):
+        r0 = tr * 32
+        r1 = min(r0 + 32, rows)
+        for c0 in range(0, cols, 32):
+            c1 = min(c0 + 32, cols)
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    out[c, r] = a[r, c]
+
+
+def contiguous(a, dtype):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def batch_last(a):
+    """(N, C, H, W) -> (C, H, W, N), batch innermost."""
+    out = np.empty((*a.shape[1:], a.shape[0]), dtype=a.dtype)
+    run(_transpose, a.size, a.reshape(a.shape[0], -1), out.reshape(-1, a.shape[0]))
+    return out
+
+
+def batch_first(a):
+    """(C, H, W, N) -> (N, C, H, W)."""
+    out = np.empty((a.shape[-1], *a.shape[:-1]), dtype=a.dtype)
+    run(_transpose, a.size, a.reshape(-1, a.shape[-1]), out.reshape(a.shape[-1], -1))
+    return out
+
+
+def placed(at, top, left, hw):
+    """Batch-last ``at`` (C, H, W, N) shifted by (top, left) into zeros of spatial size ``hw``
+    (zero padding where the shift is positive, cropping where it is negative)."""
+    c, h, w, n = at.shape
+    out = np.zeros((c, *hw, n), dtype=at.dtype)
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + h, hw[0]), min(left + w, hw[1])
+    out[:, r0:r1, c0:c1] = at[:, r0 - top:r1 - top, c0 - left:c1 - left]
+    return out
+
+
+def filled(shape, b, dtype):
+    """A new batch-last array of ``shape`` (C, H, W, N) holding the bias per channel, or zeros."""
+    out = np.zeros(shape, dtype=dtype)
+    if b is not None:
+        out[...] = b.astype(dtype, copy=False)[:, None, None, None]
+    return out
+
+
