@@ -255,7 +255,7 @@ def _step_case(runtime, net, n):
     def run():
         opt.zero_grad()
         _, ctx = mse.forward(model.forward(xb), target)
-        model.backward(mse.backward(one, ctx)[0])
+        model.backward(mse.backward(one, ctx)[0], input_grad=False)  # as torch: x needs no grad
         opt.step()
     return run, modules, x
 

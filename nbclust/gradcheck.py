@@ -43,15 +43,15 @@ def primary(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def run_op(backend, spec: OpSpec, inputs: tuple, attrs: dict, grad_out=None):
-    """Forward (and backward with ``grad_out``) on ``backend``; results as NumPy."""
+def run_op(backend, spec: OpSpec, inputs: tuple, attrs: dict, grad_out=None, **backward_kw):
+    """Forward (and backward with ``grad_out`` and ``backward_kw``) on ``backend``; results as NumPy."""
     op = backend.op(spec.name)
     dev = tuple(None if a is None else backend.asarray(a) for a in inputs)
     out, ctx = op.forward(*dev, **attrs)
     outs = tuple(backend.to_numpy(o) for o in (out if isinstance(out, tuple) else (out,)))
     if grad_out is None:
         return outs, None
-    grads = op.backward(backend.asarray(grad_out), ctx)
+    grads = op.backward(backend.asarray(grad_out), ctx, **backward_kw)
     if len(grads) != len(spec.inputs):
         raise AssertionError(f"{spec.name}: backward returned {len(grads)} grads for {len(spec.inputs)} inputs")
     return outs, tuple(None if g is None else backend.to_numpy(g) for g in grads)

@@ -59,15 +59,17 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     return y, (cols, x.shape, w, b is not None, stride, padding)
 
 
-def conv2d_backward(grad_y, ctx):
+def conv2d_backward(grad_y, ctx, input_grad=True):
     cols, x_shape, w, has_bias, stride, padding = ctx
     n, o, ho, wo = grad_y.shape
     g = grad_y.reshape(n, o, ho * wo)
     grad_w = np.tensordot(g, cols, axes=([0, 2], [0, 2])).reshape(w.shape)
+    grad_b = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
+    if not input_grad:
+        return None, grad_w, grad_b
     padded = (x_shape[0], x_shape[1], x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1])
     grad_cols = w.reshape(o, -1).T @ g
     grad_x = _crop(_col2im(grad_cols, padded, w.shape[2:], stride, (ho, wo)), padding, x_shape[2:])
-    grad_b = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
     return np.ascontiguousarray(grad_x), grad_w, grad_b
 
 
@@ -85,11 +87,11 @@ def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padd
     return y, (x, w, b is not None, stride, padding)
 
 
-def conv_transpose2d_backward(grad_y, ctx):
+def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
     x, w, has_bias, stride, padding = ctx
     n, cin, h, wd = x.shape
     cols = _im2col(_pad(grad_y, padding), w.shape[2:], stride, (h, wd))
-    grad_x = (w.reshape(cin, -1) @ cols).reshape(x.shape)
+    grad_x = (w.reshape(cin, -1) @ cols).reshape(x.shape) if input_grad else None
     grad_w = np.tensordot(x.reshape(n, cin, h * wd), cols, axes=([0, 2], [0, 2])).reshape(w.shape)
     grad_b = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
     return grad_x, grad_w, grad_b
@@ -152,9 +154,9 @@ def linear_forward(x, w, b):
     return y, (x, w, b is not None)
 
 
-def linear_backward(grad_y, ctx):
+def linear_backward(grad_y, ctx, input_grad=True):
     x, w, has_bias = ctx
-    return grad_y @ w, grad_y.T @ x, (grad_y.sum(axis=0) if has_bias else None)
+    return (grad_y @ w if input_grad else None), grad_y.T @ x, (grad_y.sum(axis=0) if has_bias else None)
 
 
 def reshape_forward(x, shape=(-1,)):

@@ -149,6 +149,31 @@ def test_sequential_autoencoder_matches_torch(backend, dtype):
         assert rel_err(ours.state_dict()[name], tnet.state_dict()[name].numpy()) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("leading", [False, True])
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(backend, leading):
+    """``input_grad=False`` returns None and accumulates exactly the gradients of a full backward,
+    also when parameter-free layers come before the first layer with parameters."""
+    net = _net(backend, np.float64)
+    if leading:
+        kw = dict(backend=backend, dtype=np.float64)
+        net = nn.Sequential(nn.Tanh(**kw), nn.Dropout(0.2, rng=0, **kw), *net.layers)
+    b = get_backend(backend)
+    x = b.asarray(np.random.default_rng(3).normal(size=(3, 1, 8, 8)))
+    g = b.asarray(np.random.default_rng(4).normal(size=(3, 1, 8, 8)))
+    grads = []
+    for input_grad in (True, False):
+        net.zero_grad()
+        if leading:
+            net.layers[1].rng = np.random.default_rng(0)  # the same dropout mask both times
+        net.forward(x)
+        gx = net.backward(g, input_grad=input_grad)
+        assert (gx is None) == (not input_grad)
+        grads.append({k: b.to_numpy(v).copy() for k, v in net.grads.items()})
+    for k in grads[0]:
+        np.testing.assert_array_equal(grads[1][k], grads[0][k], err_msg=k)
+
+
 @pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
 def test_batchnorm_running_stats_and_eval_match_torch(backend):
     torch = pytest.importorskip("torch")

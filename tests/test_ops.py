@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nbclust.backend import get_backend
-from nbclust.gradcheck import TOLERANCE, check_op
+from nbclust.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
 from nbclust.optable import OPS
 
 from conftest import AVAILABLE_BACKENDS, assert_matches_reference
@@ -28,3 +28,21 @@ def test_gradient_matches_finite_differences(name, backend):
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_fast_backend_matches_reference(name, backend, dtype):
     assert_matches_reference(get_backend(backend), name, dtype)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE_BACKENDS)
+@pytest.mark.parametrize("name", sorted(n for n, s in OPS.items() if s.skips_input_grad))
+def test_backward_without_input_grad_skips_only_the_first_gradient(name, backend):
+    spec, b = OPS[name], get_backend(backend)
+    rng = np.random.default_rng(2)
+    for case in spec.cases(rng):
+        inputs = cast_inputs(case, np.float64)
+        (out, *_), _ = run_op(b, spec, inputs, case.attrs)
+        grad_out = rng.normal(size=out.shape)
+        _, full = run_op(b, spec, inputs, case.attrs, grad_out)
+        _, partial = run_op(b, spec, inputs, case.attrs, grad_out, input_grad=False)
+        assert partial[0] is None and full[0] is not None
+        for got, want in zip(partial[1:], full[1:]):
+            assert (got is None) == (want is None)
+            if want is not None:
+                np.testing.assert_array_equal(got, want)

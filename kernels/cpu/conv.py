@@ -128,7 +128,7 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     return y, (x.shape, w, cols, b is not None, geometry, False)
 
 
-def conv2d_backward(grad_y, ctx):
+def conv2d_backward(grad_y, ctx, input_grad=True):
     x_shape, w, saved, has_bias, geometry, direct = ctx
     g = contiguous(grad_y, w.dtype)
     grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
@@ -136,10 +136,12 @@ def conv2d_backward(grad_y, ctx):
         gt = batch_last(g)
         grad_w = np.empty(w.shape, dtype=w.dtype)
         run(_direct_w, gt.size * w[0].size, saved, gt, grad_w)
-        grad_x = batch_first(direct_adjoint(gt, w, geometry[2:], x_shape[2:]))
+        grad_x = batch_first(direct_adjoint(gt, w, geometry[2:], x_shape[2:])) if input_grad else None
         return grad_x, grad_w, grad_b
     g_mat = batch_last(g).reshape(g.shape[1], -1)
     grad_w = _times_transposed(g_mat, saved).reshape(w.shape)
+    if not input_grad:
+        return None, grad_w, grad_b
     grad_cols = np.matmul(w.reshape(w.shape[0], -1).T, g_mat)
     n, c, h, wd = x_shape
     grad_x = batch_first(_unpatch(grad_cols, w.shape[2:], geometry, g.shape[2:], (c, h, wd, n)))
@@ -164,7 +166,7 @@ def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padd
     return y, (x.shape, x_mat, w, b is not None, geometry, False)
 
 
-def conv_transpose2d_backward(grad_y, ctx):
+def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
     x_shape, saved, w, has_bias, geometry, direct = ctx
     g = contiguous(grad_y, w.dtype)
     grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
@@ -172,13 +174,18 @@ def conv_transpose2d_backward(grad_y, ctx):
         ph, pw = geometry[2:]
         gt = batch_last(g)
         gpad = placed(gt, ph, pw, (gt.shape[1] + 2 * ph, gt.shape[2] + 2 * pw))
-        grad_xt = np.zeros((*x_shape[1:], x_shape[0]), dtype=w.dtype)
-        run(_direct, grad_xt.size * w[0].size, gpad, w, grad_xt)
+        grad_x = None
+        if input_grad:
+            grad_xt = np.zeros((*x_shape[1:], x_shape[0]), dtype=w.dtype)
+            run(_direct, grad_xt.size * w[0].size, gpad, w, grad_xt)
+            grad_x = batch_first(grad_xt)
         grad_w = np.empty(w.shape, dtype=w.dtype)
         run(_direct_w, saved.size * w[0].size, gpad, saved, grad_w)
-        return batch_first(grad_xt), grad_w, grad_b
+        return grad_x, grad_w, grad_b
     cols = _patches(batch_last(g), w.shape[2:], geometry, x_shape[2:])
-    grad_x = batch_first(np.matmul(w.reshape(w.shape[0], -1), cols).reshape(x_shape[1], *x_shape[2:], x_shape[0]))
+    grad_x = None
+    if input_grad:
+        grad_x = batch_first(np.matmul(w.reshape(w.shape[0], -1), cols).reshape(x_shape[1], *x_shape[2:], x_shape[0]))
     grad_w = _times_transposed(saved, cols).reshape(w.shape)
     return grad_x, grad_w, grad_b
 
@@ -192,10 +199,10 @@ def linear_forward(x, w, b):
     return y, (x, w, b is not None)
 
 
-def linear_backward(grad_y, ctx):
+def linear_backward(grad_y, ctx, input_grad=True):
     x, w, has_bias = ctx
     g = contiguous(grad_y, x.dtype)
-    return np.matmul(g, w), np.matmul(g.T, x), (g.sum(axis=0) if has_bias else None)
+    return (np.matmul(g, w) if input_grad else None), np.matmul(g.T, x), (g.sum(axis=0) if has_bias else None)
 
 
 OPS = {

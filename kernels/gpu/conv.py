@@ -59,14 +59,14 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     return y, (cols, geo, x.shape, w, b is not None)
 
 
-def conv2d_backward(grad_y, ctx):
+def conv2d_backward(grad_y, ctx, input_grad=True):
     cols, geo, x_shape, w, has_bias = ctx
     n, o = grad_y.shape[:2]
     g = xp.ascontiguousarray(grad_y).reshape(n, o, -1)
     # dW = sum_n g[n] @ cols[n]^T as one GEMM over the (n, p) axis.
     grad_w = xp.matmul(g.transpose(1, 0, 2).reshape(o, -1),
                        cols.transpose(0, 2, 1).reshape(-1, cols.shape[1])).reshape(w.shape)
-    grad_x = _col2im(xp.matmul(w.reshape(o, -1).T, g), geo).reshape(x_shape)
+    grad_x = _col2im(xp.matmul(w.reshape(o, -1).T, g), geo).reshape(x_shape) if input_grad else None
     grad_b = g.sum(axis=(0, 2)) if has_bias else None
     return grad_x, grad_w, grad_b
 
@@ -84,11 +84,11 @@ def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padd
     return y, (x, w, geo, b is not None)
 
 
-def conv_transpose2d_backward(grad_y, ctx):
+def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
     x, w, geo, has_bias = ctx
     n, cin = x.shape[:2]
     cols = _im2col(xp.ascontiguousarray(grad_y), geo)  # (N, Cout*kh*kw, H*W)
-    grad_x = xp.matmul(w.reshape(cin, -1), cols).reshape(x.shape)
+    grad_x = xp.matmul(w.reshape(cin, -1), cols).reshape(x.shape) if input_grad else None
     xs = x.reshape(n, cin, -1)
     grad_w = xp.matmul(xs.transpose(1, 0, 2).reshape(cin, -1),
                        cols.transpose(0, 2, 1).reshape(-1, cols.shape[1])).reshape(w.shape)

@@ -73,7 +73,7 @@ class FCAEKMeans(AutoencoderMixin, DeepClusterer):
         x = X[self._backend.asarray(idx)]
         x_hat = dec(enc(x))
         loss, (g, _) = self._loss("mse", x_hat, x)
-        enc.backward(dec.backward(g))
+        enc.backward(dec.backward(g), input_grad=False)
         return {"mse": loss}
 
     def _stage_one_kmeans(self, X):
@@ -153,7 +153,7 @@ class DBC(FCAEKMeans):
         z = enc(X[b.asarray(idx)])  # line 10
         r = b.asarray(self.target_[idx], self._dtype)
         loss, (g_z, g_mu, _) = self._loss("dbc_kl", z, self._mu.data, r, v=1.0)  # eqs 3-5
-        enc.backward(g_z)  # line 11
+        enc.backward(g_z, input_grad=False)  # line 11
         self._mu.grad += g_mu
         return {"kl": loss / len(idx)}
 

@@ -120,7 +120,7 @@ class DCAE(AutoencoderMixin, DeepClusterer):
         nearest = b.xp.argmin(d, axis=1).astype(np.int64)  # c*_n (eq 6 with c^{t-1})
         e2, (g_h, _, _) = self._loss("kmeans_compactness", h, c, nearest, lam=self.lam)  # eq 4
         g_h = g_h + dec.backward(g_xhat * n_pixels)
-        enc.backward(g_h)
+        enc.backward(g_h, input_grad=False)
         return {"E1": e1 * n_pixels, "E2": e2, "loss": e1 * n_pixels + e2}
 
     def _end_epoch(self, phase, X):

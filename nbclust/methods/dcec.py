@@ -120,14 +120,14 @@ class DCEC(AutoencoderMixin, DeepClusterer):
         recon, (g_xhat, _) = self._loss("mse", dec(z), x)
         g_z = dec.backward(g_xhat)
         if phase == "pretrain":
-            enc.backward(g_z)
+            enc.backward(g_z, input_grad=False)
             return {"mse": recon}
         st = b.op("student_t")
         q, ctx = st.forward(z, self._mu.data, v=1.0)
         p = b.asarray(self.target_[idx], self._dtype)
         kl, (_, g_q) = self._loss("kl_div", p, q)
         g_zq, g_mu = st.backward(g_q * self.gamma, ctx)
-        enc.backward(g_z + g_zq)
+        enc.backward(g_z + g_zq, input_grad=False)
         self._mu.grad += g_mu
         return {"mse": recon, "kl": kl, "loss": recon + self.gamma * kl}
 

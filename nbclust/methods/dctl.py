@@ -136,7 +136,7 @@ class DCTLTransform:
         """
         a = self.net.forward(x)
         fid, (g_a, g_z) = self._op("fidelity", a, z)
-        self.net.backward(g_a)
+        self.net.backward(g_a, input_grad=False)
         terms = {"fidelity": fid}
         reg = 0.0
         for p in self.filters:

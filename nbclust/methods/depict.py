@@ -142,8 +142,8 @@ class DEPICTNet:
             terms["cluster"] = float(val)
             g_z = g_z + self.head.backward(self.b.op("soft_cross_entropy").backward(ones, ctx)[0])
         g_h1n = self.enc2.backward(self.enc3.backward(g_z))
-        self.enc1.backward(self.b.op("dropout").backward(g_h1n, ctx1)[0])
-        c1.backward(c2.backward(grads["rec_h2"][1]) + grads["rec_h1"][1])
+        self.enc1.backward(self.b.op("dropout").backward(g_h1n, ctx1)[0], input_grad=False)
+        c1.backward(c2.backward(grads["rec_h2"][1]) + grads["rec_h1"][1], input_grad=False)
         terms["loss"] = sum(terms.values())
         return terms
 

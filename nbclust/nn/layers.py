@@ -45,8 +45,8 @@ class _Affine(Module):
         self._save(ctx, out)
         return out
 
-    def backward(self, grad_out):
-        gx, gw, gb = self._backend.op(self.op_name).backward(grad_out, self._saved(grad_out))
+    def backward(self, grad_out, input_grad=True):
+        gx, gw, gb = self._backend.op(self.op_name).backward(grad_out, self._saved(grad_out), input_grad=input_grad)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -147,9 +147,9 @@ class MaxPool2d(Module):
         self._save((ctx, indices, tuple(x.shape[2:])), y)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         ctx, _, _ = self._saved(grad_out)
-        return self._backend.op("max_pool2d").backward(grad_out, ctx)[0]
+        return self._backend.op("max_pool2d").backward(grad_out, ctx)[0] if input_grad else None
 
     def last_indices(self):
         """``(indices, (H, W))`` of the last forward, for unpooling."""
@@ -187,8 +187,9 @@ class MaxUnpool2d(Module):
         self._save(ctx, y)
         return y
 
-    def backward(self, grad_out):
-        return self._backend.op("max_unpool2d").backward(grad_out, self._saved(grad_out))[0]
+    def backward(self, grad_out, input_grad=True):
+        ctx = self._saved(grad_out)
+        return self._backend.op("max_unpool2d").backward(grad_out, ctx)[0] if input_grad else None
 
     def children(self) -> dict[str, Module]:
         return {}  # the pool is a reference to a layer owned elsewhere, not a part
@@ -236,11 +237,11 @@ class _BatchNorm(Module):
         self._save(ctx, y)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         gx, gg, gb, _, _ = self._backend.op("batch_norm").backward(grad_out, self._saved(grad_out))
         self.weight.grad += gg
         self.bias.grad += gb
-        return gx
+        return gx if input_grad else None
 
     @property
     def running_mean(self):
@@ -281,8 +282,9 @@ class _Pointwise(Module):
         self._save(ctx, y)
         return y
 
-    def backward(self, grad_out):
-        return self._backend.op(self.op_name).backward(grad_out, self._saved(grad_out))[0]
+    def backward(self, grad_out, input_grad=True):
+        ctx = self._saved(grad_out)
+        return self._backend.op(self.op_name).backward(grad_out, ctx)[0] if input_grad else None
 
 
 class Sigmoid(_Pointwise):
@@ -356,8 +358,10 @@ class Dropout(Module):
         self._save(ctx, y)
         return y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         ctx = self._saved(grad_out)
+        if not input_grad:
+            return None
         if ctx is None:
             return grad_out
         return self._backend.op("dropout").backward(grad_out, ctx)[0]
@@ -389,8 +393,9 @@ class Reshape(Module):
         self._save(ctx, y)
         return y
 
-    def backward(self, grad_out):
-        return self._backend.op("reshape").backward(grad_out, self._saved(grad_out))[0]
+    def backward(self, grad_out, input_grad=True):
+        ctx = self._saved(grad_out)
+        return self._backend.op("reshape").backward(grad_out, ctx)[0] if input_grad else None
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"

@@ -16,6 +16,11 @@ Calling convention, identical on every backend (``reference``, ``cpu``, ``cuda``
 - ``grads`` is a tuple with one entry per input: the gradient of the scalar
   objective w.r.t. that input, or ``None`` for inputs not in
   :attr:`OpSpec.differentiable` (and for absent optional inputs).
+- Ops flagged :attr:`OpSpec.skips_input_grad` (the layers whose input is
+  often the data: conv2d, conv_transpose2d, linear) also take
+  ``backward(grad_out, ctx, input_grad=False)``, which returns ``None`` for
+  the first input and skips computing it, as torch does for an input that
+  does not require grad.  The other gradients are the same either way.
 
 The gradient checker (:mod:`nbclust.gradcheck`), the test suite and the layers
 enumerate :data:`OPS`, so an op in this table cannot escape testing, and an op
@@ -58,6 +63,7 @@ class OpSpec:
     aux: tuple[str, ...] = ()
     torch: Callable[..., Any] | None = None
     doc: str = ""
+    skips_input_grad: bool = False
 
     def __post_init__(self):
         unknown = set(self.differentiable) - set(self.inputs)

@@ -129,12 +129,12 @@ def _torch_reshape(x, shape):
 
 SPECS = [
     OpSpec(
-        "conv2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), cases=_conv2d_cases,
+        "conv2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True, cases=_conv2d_cases,
         torch=_torch_conv2d,
         doc="y[n,o] = b[o] + sum_c,i,j w[o,c,i,j] x_pad[n,c,h*sh+i,w*sw+j] (cross-correlation, zero padding)",
     ),
     OpSpec(
-        "conv_transpose2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"),
+        "conv_transpose2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True,
         cases=_conv_transpose2d_cases, torch=_torch_conv_transpose2d,
         doc="adjoint of conv2d in its input; w is (Cin, Cout, kh, kw); H_out = (H-1)s - 2p + k + output_padding",
     ),
@@ -148,7 +148,7 @@ SPECS = [
         torch=_torch_max_unpool2d, doc="zero (N, C, H, W) plane with y.plane[indices] = x",
     ),
     OpSpec(
-        "linear", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), cases=_linear_cases,
+        "linear", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True, cases=_linear_cases,
         torch=_torch_linear, doc="y = x @ w.T + b",
     ),
     OpSpec(
