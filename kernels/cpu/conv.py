@@ -57,10 +57,11 @@ def _im2col(xt, kh, kw, sh, sw, ph, pw, cols):
 
 
 @njit(cache=True, parallel=True)
-def _col2im(cols, kh, kw, sh, sw, ph, pw, out):
+def _col2im(cols, kh, kw, sh, sw, ph, pw, start, out):
     """Adjoint of :func:`_im2col`, gathered per output pixel:
-    out[c,h,v,n] = sum cols[(c,i,j), a, b, n] over a*sh+i = h+ph, b*sw+j = v+pw,
-    in a fixed order (i, j ascending), each term a contiguous run of N values.
+    out[c,h,v,n] = start[c] + sum cols[(c,i,j), a, b, n] over a*sh+i = h+ph, b*sw+j = v+pw,
+    in a fixed order (i, j ascending), each term a contiguous run of N values
+    (``start``: the bias of a transposed convolution, or zeros).
     Parallel over (c, h): race-free and deterministic.
     """
     n_ch, h_size, w_size, nb = out.shape
@@ -71,7 +72,7 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, out):
         for v in range(w_size):
             vp = v + pw
             dst = out[c, h, v]
-            dst[:] = 0
+            dst[:] = start[c]
             for i in range(kh):
                 if hp < i or (hp - i) % sh != 0 or (hp - i) // sh >= ho_size:
                     continue
@@ -84,18 +85,24 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, out):
                         dst[n] += src[n]
 
 
-def _patches(xt, kernel, geometry, out_hw):
-    """im2col of a batch-last ``xt`` (C, H, W, N) as a (C*kh*kw, Ho*Wo*N) matrix."""
+def _patches(xt, kernel, geometry, out_hw, ones_row=False):
+    """im2col of a batch-last ``xt`` (C, H, W, N) as a (C*kh*kw, Ho*Wo*N) matrix; with ``ones_row``
+    a last row of ones is appended, so that ``[w_mat | b] @ cols`` adds the bias inside the GEMM
+    and ``g_mat @ cols.T`` yields the bias gradient as its last column (no pass of its own)."""
     (kh, kw), (ho, wo) = kernel, out_hw
-    cols = np.empty((xt.shape[0] * kh * kw, ho, wo, xt.shape[3]), dtype=xt.dtype)
-    run(_im2col, cols.size, xt, kh, kw, *geometry, cols)
+    k = xt.shape[0] * kh * kw
+    cols = np.empty((k + ones_row, ho, wo, xt.shape[3]), dtype=xt.dtype)
+    run(_im2col, cols[:k].size, xt, kh, kw, *geometry, cols[:k])
+    cols[k:] = 1
     return cols.reshape(cols.shape[0], -1)
 
 
-def _unpatch(mat, kernel, geometry, in_hw, out_shape):
-    """col2im of a (C*kh*kw, Ho*Wo*N) matrix onto a new batch-last array of ``out_shape`` (C, H, W, N)."""
+def _unpatch(mat, kernel, geometry, in_hw, out_shape, start=None):
+    """col2im of a (C*kh*kw, Ho*Wo*N) matrix onto a new batch-last array of ``out_shape`` (C, H, W, N),
+    each channel c starting from ``start[c]`` (default zero)."""
     out = np.empty(out_shape, dtype=mat.dtype)
-    run(_col2im, mat.size, mat.reshape(mat.shape[0], *in_hw, out_shape[3]), *kernel, *geometry, out)
+    start = np.zeros(out_shape[0], mat.dtype) if start is None else start.astype(mat.dtype)
+    run(_col2im, mat.size, mat.reshape(mat.shape[0], *in_hw, out_shape[3]), *kernel, *geometry, start, out)
     return out
 
 
@@ -121,25 +128,26 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
         yt = filled((o, ho, wo, n), b, x.dtype)
         run(_direct, yt.size * w[0].size, xt, w, yt)
         return batch_first(yt), (x.shape, w, xt, b is not None, geometry, True)
-    cols = _patches(batch_last(x), w.shape[2:], geometry, (ho, wo))
-    y = batch_first(np.matmul(w.reshape(o, -1), cols).reshape(o, ho, wo, n))
-    if b is not None:
-        y += b.astype(x.dtype, copy=False)[:, None, None]
+    cols = _patches(batch_last(x), w.shape[2:], geometry, (ho, wo), ones_row=b is not None)
+    w_mat = w.reshape(o, -1) if b is None else np.hstack([w.reshape(o, -1), b.astype(x.dtype)[:, None]])
+    y = batch_first(np.matmul(w_mat, cols).reshape(o, ho, wo, n))
     return y, (x.shape, w, cols, b is not None, geometry, False)
 
 
 def conv2d_backward(grad_y, ctx, input_grad=True):
     x_shape, w, saved, has_bias, geometry, direct = ctx
     g = contiguous(grad_y, w.dtype)
-    grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
     if direct:
+        grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
         gt = batch_last(g)
         grad_w = np.empty(w.shape, dtype=w.dtype)
         run(_direct_w, gt.size * w[0].size, saved, gt, grad_w)
         grad_x = batch_first(direct_adjoint(gt, w, geometry[2:], x_shape[2:])) if input_grad else None
         return grad_x, grad_w, grad_b
     g_mat = batch_last(g).reshape(g.shape[1], -1)
-    grad_w = _times_transposed(g_mat, saved).reshape(w.shape)
+    grad_wb = _times_transposed(g_mat, saved)  # with a bias: [grad_w | grad_b] (ones row of the columns)
+    grad_w = np.ascontiguousarray(grad_wb[:, :w[0].size]).reshape(w.shape)
+    grad_b = grad_wb[:, -1].copy() if has_bias else None
     if not input_grad:
         return None, grad_w, grad_b
     grad_cols = np.matmul(w.reshape(w.shape[0], -1).T, g_mat)
@@ -160,9 +168,7 @@ def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padd
         return batch_first(yt), (x.shape, xt, w, b is not None, geometry, True)
     x_mat = batch_last(contiguous(x, x.dtype)).reshape(x.shape[1], -1)
     cols = np.matmul(w.reshape(w.shape[0], -1).T, x_mat)
-    y = batch_first(_unpatch(cols, w.shape[2:], geometry, x.shape[2:], (cout, hout, wout, n)))
-    if b is not None:
-        y += b.astype(x.dtype, copy=False)[:, None, None]
+    y = batch_first(_unpatch(cols, w.shape[2:], geometry, x.shape[2:], (cout, hout, wout, n), start=b))
     return y, (x.shape, x_mat, w, b is not None, geometry, False)
 
 
