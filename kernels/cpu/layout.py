@@ -52,8 +52,11 @@ def batch_first(a):
 
 def placed(at, top, left, hw):
     """Batch-last ``at`` (C, H, W, N) shifted by (top, left) into zeros of spatial size ``hw``
-    (zero padding where the shift is positive, cropping where it is negative)."""
+    (zero padding where the shift is positive, cropping where it is negative); ``at`` itself
+    when there is nothing to do."""
     c, h, w, n = at.shape
+    if top == left == 0 and tuple(hw) == (h, w):
+        return at
     out = np.zeros((c, *hw, n), dtype=at.dtype)
     r0, c0 = max(top, 0), max(left, 0)
     r1, c1 = min(top + h, hw[0]), min(left + w, hw[1])
@@ -63,9 +66,10 @@ def placed(at, top, left, hw):
 
 def filled(shape, b, dtype):
     """A new batch-last array of ``shape`` (C, H, W, N) holding the bias per channel, or zeros."""
-    out = np.zeros(shape, dtype=dtype)
-    if b is not None:
-        out[...] = b.astype(dtype, copy=False)[:, None, None, None]
+    if b is None:
+        return np.zeros(shape, dtype=dtype)
+    out = np.empty(shape, dtype=dtype)
+    out[...] = b.astype(dtype, copy=False)[:, None, None, None]
     return out
 
 
