@@ -4,70 +4,118 @@ DCTL's and DCAE's 9x9 filters, DCAE's 17x17 transposed filter and FCAE's
 1->6 and 6->1 5x5 layers have a few channel pairs per kernel tap: there the
 im2col matrix is kh*kw times the image for a GEMM of a few rows, and these
 kernels (no column matrix) are faster.  :func:`use_direct` decides per layer.
+
+Batch last, an image row ``xt[c, h]`` (W, N) is one contiguous vector and the
+kernel column j shifts it by j*N: the output row ``yt[o, a]`` (Wo*N values)
+is ``sum_{c,i,j} w[o,c,i,j] xt[c,a+i].flat[j*N:][:Wo*N]``, a sum of long
+contiguous streams.  The inner loops run over (a block of) that whole row,
+several taps per pass, so loop overhead, alias checks and accumulator traffic
+are amortised over thousands of values (the former loops over N alone, per
+output pixel, were dominated by them).  Their indices are unsigned: Numba's
+negative-index wraparound otherwise keeps LLVM from vectorising them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from nbclust.kernels.cpu.layout import placed
 from nbclust.kernels.cpu.pointwise import run
 
+BLOCK = 4096
+"""Output values (of one output row, Wo*N) per parallel task of :func:`_direct`."""
 
-@njit(cache=True, parallel=True, fastmath={"contract"})
+
+def _tap_offsets(shape, kh, kw, count):
+    """Offsets into ``xt.reshape(-1)``, xt of ``shape`` (C, Hp, Wp, N), of the taps (c, i, j),
+    row-major, for output row 0, ``count`` >= C*kh*kw of them (the extra ones repeat the last
+    tap): tap k of output row a reads ``xt.flat[a*Wp*N + off[k]:]``, whose value m = b*N + n
+    is xt[c, a+i, b+j, n]."""
+    k = np.minimum(np.arange(count), shape[0] * kh * kw - 1)
+    return ((k // (kh * kw) * shape[1] + k // kw % kh) * shape[2] + k % kw) * shape[3]
+
+
 def _direct(xt, w, yt):
     """yt[o,a,b,:] += sum_{c,i,j} w[o,c,i,j] xt[c,a+i,b+j,:], stride 1, batch innermost.
 
     ``xt`` is the padded input (C, Hp, Wp, N), ``yt`` (O, Ho, Wo, N) holds zeros
-    or the bias.  The innermost loop runs over the batch (contiguous and long,
-    so it vectorises however small the image) and adds four kernel columns at
-    once: one load and store of the accumulator per four multiply-adds.
-    Parallel over (o, output row).
+    or the bias (both C-contiguous).  The taps (c, i, j) go in row-major order
+    four at a time (one load and store of the output per four multiply-adds),
+    the last group completed with zero weights on a zero row.
     """
-    n_out, ho_size, wo_size, nb = yt.shape
-    n_ch, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    kw4 = kw - kw % 4
-    for t in prange(n_out * ho_size):
-        o, a = t // ho_size, t % ho_size
-        for b in range(wo_size):
-            acc = yt[o, a, b]
-            for c in range(n_ch):
-                for i in range(kh):
-                    row = xt[c, a + i]
-                    for j in range(0, kw4, 4):
-                        w0, w1, w2, w3 = w[o, c, i, j], w[o, c, i, j + 1], w[o, c, i, j + 2], w[o, c, i, j + 3]
-                        s0, s1, s2, s3 = row[b + j], row[b + j + 1], row[b + j + 2], row[b + j + 3]
-                        for n in range(nb):
-                            acc[n] += w0 * s0[n] + w1 * s1[n] + w2 * s2[n] + w3 * s3[n]
-                    for j in range(kw4, kw):
-                        wv = w[o, c, i, j]
-                        src = row[b + j]
-                        for n in range(nb):
-                            acc[n] += wv * src[n]
+    n_out, taps = w.shape[0], w[0].size
+    wk = np.zeros((n_out, -(-taps // 4) * 4), dtype=yt.dtype)
+    wk[:, :taps] = w.reshape(n_out, taps)
+    off = _tap_offsets(xt.shape, w.shape[2], w.shape[3], wk.shape[1])
+    _tap_rows(xt.reshape(-1), off, wk, taps, xt.shape[2] * xt.shape[3], yt)
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _tap_rows(x, off, wk, taps, row, yt):
+    """yt[o, a].flat[m] += sum_k wk[o, k] x[a*row + off[k] + m], taps k < ``taps`` in order,
+    four per pass.  Parallel over (o, output row a, block of ``BLOCK`` values of the row):
+    every output value is summed in the same order whatever the thread count."""
+    n_out, ho_size = yt.shape[0], yt.shape[1]
+    size = yt.shape[2] * yt.shape[3]
+    blocks = (size + BLOCK - 1) // BLOCK
+    zero = np.zeros(size, yt.dtype)
+    for t in prange(n_out * ho_size * blocks):
+        o, a, m0 = t // (ho_size * blocks), (t // blocks) % ho_size, (t % blocks) * BLOCK
+        m1 = min(m0 + BLOCK, size)
+        y, base = yt[o, a].reshape(size), a * row
+        for k in range(0, taps, 4):
+            s0 = x[base + off[k]:]
+            s1 = x[base + off[k + 1]:] if k + 1 < taps else zero
+            s2 = x[base + off[k + 2]:] if k + 2 < taps else zero
+            s3 = x[base + off[k + 3]:] if k + 3 < taps else zero
+            w0, w1, w2, w3 = wk[o, k], wk[o, k + 1], wk[o, k + 2], wk[o, k + 3]
+            for m in range(uint64(m0), uint64(m1)):
+                y[m] = y[m] + w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
+
+
+def _direct_w(xt, gt, gw):
+    """gw[o,c,i,j] = sum_{a,b,n} gt[o,a,b,n] xt[c,a+i,b+j,n], stride 1, batch innermost
+    (``xt`` and ``gt`` C-contiguous), eight taps (c, i, j) at a time: see :func:`_tap_dots`."""
+    n_out, taps = gw.shape[0], gw[0].size
+    out = np.empty((n_out, -(-taps // 8) * 8), dtype=gw.dtype)
+    off = _tap_offsets(xt.shape, gw.shape[2], gw.shape[3], out.shape[1])
+    _tap_dots(xt.reshape(-1), off, xt.shape[2] * xt.shape[3], gt, out)
+    gw[...] = out[:, :taps].reshape(gw.shape)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def _direct_w(xt, gt, gw):
-    """gw[o,c,i,j] = sum_{a,b,n} gt[o,a,b,n] xt[c,a+i,b+j,n], stride 1, batch innermost:
-    one dot product of Wo*N contiguous values per output row, rows summed in
-    float64 in a fixed order.  Parallel over (o, c)."""
-    n_out, ho_size, wo_size, nb = gt.shape
-    n_ch, kh, kw = xt.shape[0], gw.shape[2], gw.shape[3]
-    m = wo_size * nb
-    for t in prange(n_out * n_ch):
-        o, c = t // n_ch, t % n_ch
-        for i in range(kh):
-            for j in range(kw):
-                total = 0.0
-                for a in range(ho_size):
-                    g = gt[o, a].reshape(m)
-                    x = xt[c, a + i, j:j + wo_size].reshape(m)
-                    s = g[0] * 0
-                    for k in range(m):
-                        s += g[k] * x[k]
-                    total += s
-                gw[o, c, i, j] = total
+def _tap_dots(x, off, row, gt, out):
+    """out[o, k] = sum_a dot(gt[o, a].flat, x[a*row + off[k]:][:Wo*N]).
+
+    Per output row a, the dot products of the Wo*N contiguous values of
+    ``gt[o, a]`` with eight taps' shifted input rows at once (each loaded
+    gradient value feeds eight sums), in the working precision, the rows
+    summed in float64 in a fixed order.  Parallel over (o, group of 8 taps).
+    """
+    n_out, ho_size = gt.shape[0], gt.shape[1]
+    size, groups = gt.shape[2] * gt.shape[3], out.shape[1] // 8
+    for t in prange(n_out * groups):
+        o, k = t // groups, (t % groups) * 8
+        t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
+        for a in range(ho_size):
+            g, base = gt[o, a].reshape(size), a * row
+            s0, s1, s2, s3 = x[base + off[k]:], x[base + off[k + 1]:], x[base + off[k + 2]:], x[base + off[k + 3]:]
+            s4, s5, s6, s7 = x[base + off[k + 4]:], x[base + off[k + 5]:], x[base + off[k + 6]:], x[base + off[k + 7]:]
+            d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = g[0] * np.float32(0)  # float32 sums stay float32
+            for m in range(size):
+                v = g[m]
+                d0 += v * s0[m]
+                d1 += v * s1[m]
+                d2 += v * s2[m]
+                d3 += v * s3[m]
+                d4 += v * s4[m]
+                d5 += v * s5[m]
+                d6 += v * s6[m]
+                d7 += v * s7[m]
+            t0, t1, t2, t3, t4, t5, t6, t7 = t0 + d0, t1 + d1, t2 + d2, t3 + d3, t4 + d4, t5 + d5, t6 + d6, t7 + d7
+        out[o, k], out[o, k + 1], out[o, k + 2], out[o, k + 3] = t0, t1, t2, t3
+        out[o, k + 4], out[o, k + 5], out[o, k + 6], out[o, k + 7] = t4, t5, t6, t7
 
 
 def use_direct(c_in, c_out, kernel, stride) -> bool:
@@ -92,5 +140,3 @@ def direct_adjoint(gt, w, padding, hw):
     out = np.zeros((w.shape[1], *hw, gt.shape[3]), dtype=gt.dtype)
     run(_direct, out.size * w[:, 0].size, gpad, _flipped(w), out)
     return out
-
-
