@@ -6,7 +6,7 @@ forward of tanh is NumPy's SIMD ``tanh``), and one parallel kernel running
 either over chunks; one serial softmax kernel pair with a ``log``
 flag (its (N, K) inputs are small, and a parallel kernel compiles 3x slower);
 batch norm as a forward and a backward kernel parallel over channels, each
-channel reduced sequentially in float64 (fixed order, so results are
+channel reduced by one thread in float64 (a fixed order, so results are
 deterministic); one masked-scale kernel for dropout.
 
 Sigmoid and SELU need ``exp`` of a non-positive argument.  Numba has no vector
@@ -297,51 +297,66 @@ def _softmax_op(log: bool, name: str):
     return forward, backward
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def _bn_forward(x, gamma, beta, mean, var, training, eps, y, invstd):
-    """x, y: (N, C, L).  In training fills mean, var (biased) per channel; else reads them."""
+    """x, y: (N, C, L).  In training fills mean, var (biased) per channel; else reads them.
+
+    One thread per channel, so the sums' order does not depend on the thread count; within a
+    row of L values they are reassociated (several vector accumulators, a fixed order for the
+    compiled kernel), 2-3x faster than one float64 accumulator's chain of dependent adds.
+    """
     n, c, l = x.shape
     for ch in prange(c):
         if training:
             s = 0.0
             for i in range(n):
+                row = x[i, ch]
                 for j in range(l):
-                    s += x[i, ch, j]
+                    s += row[j]
             mu = s / (n * l)
             q = 0.0
             for i in range(n):
+                row = x[i, ch]
                 for j in range(l):
-                    d = x[i, ch, j] - mu
+                    d = row[j] - mu
                     q += d * d
             mean[ch] = mu
             var[ch] = q / (n * l)
         inv = 1.0 / math.sqrt(var[ch] + eps)
         invstd[ch] = inv
         a = gamma[ch] * inv
+        mu, b = mean[ch], beta[ch]
         for i in range(n):
+            row, out = x[i, ch], y[i, ch]
             for j in range(l):
-                y[i, ch, j] = (x[i, ch, j] - mean[ch]) * a + beta[ch]
+                out[j] = (row[j] - mu) * a + b
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def _bn_backward(g, x, mean, invstd, gamma, training, dx, dgamma, dbeta):
+    """dgamma = sum g * xhat, dbeta = sum g, dx = gamma * invstd * (g - mean(g) - xhat * mean(g xhat))
+    (the means only in training), xhat = (x - mean) * invstd; summed as in :func:`_bn_forward`."""
     n, c, l = x.shape
     for ch in prange(c):
+        mu, inv = mean[ch], invstd[ch]
         sg = 0.0
         sgx = 0.0
         for i in range(n):
+            grow, xrow = g[i, ch], x[i, ch]
             for j in range(l):
-                sg += g[i, ch, j]
-                sgx += g[i, ch, j] * (x[i, ch, j] - mean[ch]) * invstd[ch]
+                sg += grow[j]
+                sgx += grow[j] * (xrow[j] - mu)
+        sgx *= inv
         dgamma[ch] = sgx
         dbeta[ch] = sg
         mg = sg / (n * l) if training else 0.0
         mgx = sgx / (n * l) if training else 0.0
-        a = gamma[ch] * invstd[ch]
+        a = gamma[ch] * inv
+        k, shift = a * mgx * inv, a * mg  # dx = a * g - k * (x - mean) - a * mg
         for i in range(n):
+            grow, xrow, out = g[i, ch], x[i, ch], dx[i, ch]
             for j in range(l):
-                xh = (x[i, ch, j] - mean[ch]) * invstd[ch]
-                dx[i, ch, j] = a * (g[i, ch, j] - mg - xh * mgx)
+                out[j] = a * grow[j] - k * (xrow[j] - mu) - shift
 
 
 def _as_ncl(a):
