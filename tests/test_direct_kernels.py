@@ -41,8 +41,8 @@ def test_direct_kernels_match_einsum(shape, dtype):
     xt = rng.normal(size=(c, ho + kh - 1, wo + kw - 1, n))
     w, gt, bias = rng.normal(size=(o, c, kh, kw)), rng.normal(size=(o, ho, wo, n)), rng.normal(size=(o, 1, 1, 1))
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    yt = np.broadcast_to(bias, (o, ho, wo, n)).astype(dtype)
-    _direct(xt.astype(dtype), w.astype(dtype), yt)
+    yt = np.full((o, ho, wo, n), np.nan, dtype)  # overwritten, whatever it held
+    _direct(xt.astype(dtype), w.astype(dtype), bias.reshape(-1), yt)
     want = _expected(xt, w, ho, wo) + bias
     assert np.abs(yt - want).max() <= tol * np.abs(want).max()
     gw = np.empty(w.shape, dtype)
@@ -61,7 +61,7 @@ def test_direct_kernels_do_not_depend_on_the_thread_count():
         numba.set_num_threads(threads)
         try:
             yt, gw = np.zeros((3, 10, 16, 300), np.float32), np.empty(w.shape, np.float32)
-            _direct(xt, w, yt)
+            _direct(xt, w, None, yt)
             _direct_w(xt, gt, gw)
             results.append((yt, gw))
         finally:

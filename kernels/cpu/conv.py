@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from nbclust import convshape
 from nbclust.kernels.cpu.direct import direct_adjoint, use_direct, _direct, _direct_w
-from nbclust.kernels.cpu.layout import batch_first, batch_last, contiguous, filled, placed
+from nbclust.kernels.cpu.layout import batch_first, batch_last, contiguous, placed
 from nbclust.kernels.cpu.pointwise import run
 from nbclust.reference import conv as reference_conv
 
@@ -125,8 +125,8 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     if use_direct(x.shape[1], o, w.shape[2:], geometry[:2]):
         ph, pw = geometry[2:]
         xt = placed(batch_last(x), ph, pw, (x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
-        yt = filled((o, ho, wo, n), b, x.dtype)
-        run(_direct, yt.size * w[0].size, xt, w, yt)
+        yt = np.empty((o, ho, wo, n), dtype=x.dtype)
+        run(_direct, yt.size * w[0].size, xt, w, b, yt)
         return batch_first(yt), (x.shape, w, xt, b is not None, geometry, True)
     cols = _patches(batch_last(x), w.shape[2:], geometry, (ho, wo), ones_row=b is not None)
     w_mat = w.reshape(o, -1) if b is None else np.hstack([w.reshape(o, -1), b.astype(x.dtype)[:, None]])
@@ -162,9 +162,7 @@ def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padd
     w = contiguous(w, x.dtype)
     if use_direct(x.shape[1], cout, w.shape[2:], geometry[:2]):
         xt = batch_last(contiguous(x, x.dtype))
-        yt = direct_adjoint(xt, w, geometry[2:], (hout, wout))
-        if b is not None:
-            yt += b.astype(x.dtype, copy=False)[:, None, None, None]
+        yt = direct_adjoint(xt, w, geometry[2:], (hout, wout), b)
         return batch_first(yt), (x.shape, xt, w, b is not None, geometry, True)
     x_mat = batch_last(contiguous(x, x.dtype)).reshape(x.shape[1], -1)
     cols = np.matmul(w.reshape(w.shape[0], -1).T, x_mat)
@@ -182,8 +180,8 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
         gpad = placed(gt, ph, pw, (gt.shape[1] + 2 * ph, gt.shape[2] + 2 * pw))
         grad_x = None
         if input_grad:
-            grad_xt = np.zeros((*x_shape[1:], x_shape[0]), dtype=w.dtype)
-            run(_direct, grad_xt.size * w[0].size, gpad, w, grad_xt)
+            grad_xt = np.empty((*x_shape[1:], x_shape[0]), dtype=w.dtype)
+            run(_direct, grad_xt.size * w[0].size, gpad, w, None, grad_xt)
             grad_x = batch_first(grad_xt)
         grad_w = np.empty(w.shape, dtype=w.dtype)
         run(_direct_w, saved.size * w[0].size, gpad, saved, grad_w)

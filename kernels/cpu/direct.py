@@ -36,26 +36,28 @@ def _tap_offsets(shape, kh, kw, count):
     return ((k // (kh * kw) * shape[1] + k // kw % kh) * shape[2] + k % kw) * shape[3]
 
 
-def _direct(xt, w, yt):
-    """yt[o,a,b,:] += sum_{c,i,j} w[o,c,i,j] xt[c,a+i,b+j,:], stride 1, batch innermost.
+def _direct(xt, w, b, yt):
+    """yt[o,a,b,:] = b[o] + sum_{c,i,j} w[o,c,i,j] xt[c,a+i,b+j,:], stride 1, batch innermost.
 
-    ``xt`` is the padded input (C, Hp, Wp, N), ``yt`` (O, Ho, Wo, N) holds zeros
-    or the bias (both C-contiguous).  The taps (c, i, j) go in row-major order
-    four at a time (one load and store of the output per four multiply-adds),
-    the last group completed with zero weights on a zero row.
+    ``xt`` is the padded input (C, Hp, Wp, N), ``yt`` (O, Ho, Wo, N) is overwritten
+    (both C-contiguous); ``b`` is the bias or None.  The taps (c, i, j) go in
+    row-major order four at a time (one load and store of the output per four
+    multiply-adds), the last group completed with zero weights on a zero row.
     """
     n_out, taps = w.shape[0], w[0].size
     wk = np.zeros((n_out, -(-taps // 4) * 4), dtype=yt.dtype)
     wk[:, :taps] = w.reshape(n_out, taps)
+    start = np.zeros(n_out, yt.dtype) if b is None else b.astype(yt.dtype)
     off = _tap_offsets(xt.shape, w.shape[2], w.shape[3], wk.shape[1])
-    _tap_rows(xt.reshape(-1), off, wk, taps, xt.shape[2] * xt.shape[3], yt)
+    _tap_rows(xt.reshape(-1), off, wk, start, taps, xt.shape[2] * xt.shape[3], yt)
 
 
 @njit(cache=True, parallel=True, fastmath={"contract"})
-def _tap_rows(x, off, wk, taps, row, yt):
-    """yt[o, a].flat[m] += sum_k wk[o, k] x[a*row + off[k] + m], taps k < ``taps`` in order,
-    four per pass.  Parallel over (o, output row a, block of ``BLOCK`` values of the row):
-    every output value is summed in the same order whatever the thread count."""
+def _tap_rows(x, off, wk, start, taps, row, yt):
+    """yt[o, a].flat[m] = start[o] + sum_k wk[o, k] x[a*row + off[k] + m], taps k < ``taps`` in
+    order, four per pass.  Parallel over (o, output row a, block of ``BLOCK`` values of the row):
+    every output value is summed in the same order whatever the thread count; the start value
+    is written block by block, while the block is in cache (no separate pass to zero ``yt``)."""
     n_out, ho_size = yt.shape[0], yt.shape[1]
     size = yt.shape[2] * yt.shape[3]
     blocks = (size + BLOCK - 1) // BLOCK
@@ -64,6 +66,7 @@ def _tap_rows(x, off, wk, taps, row, yt):
         o, a, m0 = t // (ho_size * blocks), (t // blocks) % ho_size, (t % blocks) * BLOCK
         m1 = min(m0 + BLOCK, size)
         y, base = yt[o, a].reshape(size), a * row
+        y[m0:m1] = start[o]
         for k in range(0, taps, 4):
             s0 = x[base + off[k]:]
             s1 = x[base + off[k + 1]:] if k + 1 < taps else zero
@@ -131,12 +134,12 @@ def _flipped(w):
     return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
 
 
-def direct_adjoint(gt, w, padding, hw):
-    """out[c,h,v] = sum_{o,i,j} w[o,c,i,j] gt[o,h+ph-i,v+pw-j] (the adjoint of a stride-1
-    correlation in its input), as a correlation of gt, placed at (kh-1-ph, kw-1-pw), with
-    the flipped kernel.  Batch last: returns (C, H, W, N)."""
+def direct_adjoint(gt, w, padding, hw, b=None):
+    """out[c,h,v] = b[c] + sum_{o,i,j} w[o,c,i,j] gt[o,h+ph-i,v+pw-j] (the adjoint of a stride-1
+    correlation in its input, plus a bias or None), as a correlation of gt, placed at
+    (kh-1-ph, kw-1-pw), with the flipped kernel.  Batch last: returns (C, H, W, N)."""
     (kh, kw), (ph, pw) = w.shape[2:], padding
     gpad = placed(gt, kh - 1 - ph, kw - 1 - pw, (hw[0] + kh - 1, hw[1] + kw - 1))
-    out = np.zeros((w.shape[1], *hw, gt.shape[3]), dtype=gt.dtype)
-    run(_direct, out.size * w[:, 0].size, gpad, _flipped(w), out)
+    out = np.empty((w.shape[1], *hw, gt.shape[3]), dtype=gt.dtype)
+    run(_direct, out.size * w[:, 0].size, gpad, _flipped(w), b, out)
     return out

@@ -62,14 +62,3 @@ def placed(at, top, left, hw):
     r1, c1 = min(top + h, hw[0]), min(left + w, hw[1])
     out[:, r0:r1, c0:c1] = at[:, r0 - top:r1 - top, c0 - left:c1 - left]
     return out
-
-
-def filled(shape, b, dtype):
-    """A new batch-last array of ``shape`` (C, H, W, N) holding the bias per channel, or zeros."""
-    if b is None:
-        return np.zeros(shape, dtype=dtype)
-    out = np.empty(shape, dtype=dtype)
-    out[...] = b.astype(dtype, copy=False)[:, None, None, None]
-    return out
-
-
