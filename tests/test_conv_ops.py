@@ -237,25 +237,38 @@ def test_output_sizes_match_formulas():
 
 # --- the direct (no im2col) kernels: narrow stride-1 layers with kernels of 7x7 and more ---------
 
-DIRECT_CASES = [
-    ("conv2d", (2, 1, 12, 11), (3, 1, 9, 9), {"stride": (1, 1), "padding": (4, 4)}, "DCTL-like, same padding"),
-    ("conv2d", (3, 4, 10, 9), (2, 4, 7, 8), {"stride": (1, 1), "padding": (0, 1)}, "4->2, non-square"),
-    ("conv2d", (1, 3, 9, 9), (3, 3, 9, 7), {"stride": (1, 1), "padding": (2, 0)}, "odd output count"),
-    ("conv2d", (2, 2, 5, 4), (3, 2, 7, 7), {"stride": (1, 1), "padding": (7, 6)}, "padding beyond the kernel"),
+PATH_CASES = [
+    ("conv2d", (2, 1, 12, 11), (3, 1, 9, 9), {"stride": (1, 1), "padding": (4, 4)}, "direct", "DCTL-like, same padding"),
+    ("conv2d", (3, 4, 10, 9), (2, 4, 7, 8), {"stride": (1, 1), "padding": (0, 1)}, "direct", "4->2, non-square"),
+    ("conv2d", (1, 3, 9, 9), (3, 3, 9, 7), {"stride": (1, 1), "padding": (2, 0)}, "direct", "odd output count"),
+    ("conv2d", (2, 2, 5, 4), (3, 2, 7, 7), {"stride": (1, 1), "padding": (7, 6)}, "direct",
+     "padding beyond the kernel"),
     ("conv_transpose2d", (2, 4, 5, 6), (4, 1, 9, 8), {"stride": (1, 1), "padding": (0, 0), "output_padding": (0, 0)},
-     "DCAE-like 4->1"),
+     "direct", "DCAE-like 4->1"),
     ("conv_transpose2d", (1, 3, 4, 7), (3, 3, 7, 7), {"stride": (1, 1), "padding": (2, 3), "output_padding": (0, 0)},
-     "padding cropping, odd channel count"),
+     "direct", "padding cropping, odd channel count"),
+    ("conv2d", (3, 1, 12, 12), (7, 1, 4, 4), {"stride": (2, 2), "padding": (0, 0)}, "per_sample",
+     "DEPICT-like first layer 1->7 4x4 s2"),
+    ("conv2d", (2, 1, 9, 10), (4, 1, 5, 3), {"stride": (2, 3), "padding": (2, 1)}, "per_sample",
+     "one channel, uneven stride and padding"),
+    ("conv_transpose2d", (3, 6, 5, 5), (6, 1, 5, 5), {"stride": (2, 2), "padding": (2, 2), "output_padding": (1, 1)},
+     "per_sample", "DCEC-like last layer 6->1 5x5 s2"),
 ]
+
+
+def _layer_path(name, x_shape, w_shape, stride):
+    from nbclust.kernels.cpu import conv as cpu_conv
+
+    c_out = w_shape[0] if name == "conv2d" else w_shape[1]
+    image = x_shape[1] if name == "conv2d" else c_out
+    return cpu_conv._path(image, x_shape[1], c_out, w_shape[2:], stride)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("name, x_shape, w_shape, attrs, label", DIRECT_CASES)
-def test_direct_path_matches_reference(name, x_shape, w_shape, attrs, label, with_bias, dtype):
-    from nbclust.kernels.cpu import direct as cpu_direct
-
-    assert cpu_direct.use_direct(x_shape[1], w_shape[0] if name == "conv2d" else w_shape[1], w_shape[2:], (1, 1))
+@pytest.mark.parametrize("name, x_shape, w_shape, attrs, path, label", PATH_CASES)
+def test_cpu_path_matches_reference(name, x_shape, w_shape, attrs, path, label, with_bias, dtype):
+    assert _layer_path(name, x_shape, w_shape, attrs["stride"]) == path
     rng = np.random.default_rng(7)
     n_bias = w_shape[0] if name == "conv2d" else w_shape[1]
     inputs = (rng.normal(size=x_shape), rng.normal(size=w_shape), rng.normal(size=n_bias) if with_bias else None)
@@ -273,8 +286,9 @@ def test_direct_path_matches_reference(name, x_shape, w_shape, attrs, label, wit
             assert got.dtype == dtype and got.shape == want.shape and rel_err(got, want) <= tol, label
 
 
-@pytest.mark.parametrize("name, x_shape, w_shape, attrs, label", DIRECT_CASES[:1] + DIRECT_CASES[3:4])
-def test_direct_path_matches_torch_and_is_thread_count_invariant(name, x_shape, w_shape, attrs, label):
+@pytest.mark.parametrize("name, x_shape, w_shape, attrs, path, label",
+                         PATH_CASES[:1] + PATH_CASES[3:4] + PATH_CASES[6:7] + PATH_CASES[8:])
+def test_cpu_path_matches_torch_and_is_thread_count_invariant(name, x_shape, w_shape, attrs, path, label):
     import numba
 
     rng = np.random.default_rng(8)

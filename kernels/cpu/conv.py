@@ -14,7 +14,8 @@ so it is race-free and deterministic.
 
 Here ``w_mat`` is the weight as a (rows, C*kh*kw) matrix and ``g_mat``/``x_mat``
 are (C, H*W*N) matrices.  Stride-1 layers with few channels and large kernels
-take the direct kernels of :mod:`nbclust.kernels.cpu.direct` instead.
+take the direct kernels of :mod:`nbclust.kernels.cpu.direct` instead, and layers
+with a single-channel image side a per-sample variant (:func:`_path`).
 ``linear`` is one BLAS call per product and ``reshape`` the reference's.
 """
 
@@ -117,41 +118,79 @@ def _geometry(stride, padding):
     return sh, sw, ph, pw
 
 
+def _path(image_channels, c_in, c_out, kernel, stride) -> str:
+    """How a layer runs: ``"direct"`` (see :func:`use_direct`), ``"per_sample"`` when its image side
+    (the input of a conv2d, the output of a conv_transpose2d) has one channel, else ``"im2col"``.
+
+    Per sample: the first convolutions of DEPICT and DCEC and their last transposed ones have
+    1 channel on the image side and 32-50 on the other, whose batch-last transpose (8.6 MB at
+    batch 256) costs more than the GEMM.  There the small column matrix is transposed to
+    per-sample columns (N, K, Ho*Wo) instead, and one stacked matmul reads or writes the wide
+    side in (N, C, H, W) order directly (about 2x faster for those layers).
+    """
+    if use_direct(c_in, c_out, kernel, stride):
+        return "direct"
+    return "per_sample" if image_channels == 1 else "im2col"
+
+
+def _with_bias_column(w_mat, b, dtype):
+    return w_mat if b is None else np.hstack([w_mat, b.astype(dtype)[:, None]])
+
+
+def _split_bias(grad_wb, w_shape, has_bias):
+    """[grad_w | grad_b] (the bias column from the ones row of the columns) -> (grad_w, grad_b)."""
+    grad_w = np.ascontiguousarray(grad_wb[:, :int(np.prod(w_shape[1:]))]).reshape(w_shape)
+    return grad_w, (grad_wb[:, -1].copy() if has_bias else None)
+
+
+def _sample_sum(a, cols):
+    """sum_n a[n] @ cols[n].T for per-sample (N, R, P) and (N, K, P): one stacked matmul, summed over
+    the samples in order."""
+    return np.matmul(a, cols.transpose(0, 2, 1)).sum(axis=0)
+
+
 def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
     n, o, ho, wo = convshape.check_conv_input(x, w, b, stride, padding)
     geometry = _geometry(stride, padding)
     x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
-    if use_direct(x.shape[1], o, w.shape[2:], geometry[:2]):
+    path = _path(x.shape[1], x.shape[1], o, w.shape[2:], geometry[:2])
+    if path == "direct":
         ph, pw = geometry[2:]
         xt = placed(batch_last(x), ph, pw, (x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
         yt = np.empty((o, ho, wo, n), dtype=x.dtype)
         run(_direct, yt.size * w[0].size, xt, w, b, yt)
-        return batch_first(yt), (x.shape, w, xt, b is not None, geometry, True)
+        return batch_first(yt), (x.shape, w, xt, b is not None, geometry, path)
     cols = _patches(batch_last(x), w.shape[2:], geometry, (ho, wo), ones_row=b is not None)
-    w_mat = w.reshape(o, -1) if b is None else np.hstack([w.reshape(o, -1), b.astype(x.dtype)[:, None]])
+    w_mat = _with_bias_column(w.reshape(o, -1), b, x.dtype)
+    if path == "per_sample":
+        cols = batch_first(cols.reshape(cols.shape[0], ho * wo, n))  # (N, K, Ho*Wo)
+        return np.matmul(w_mat, cols).reshape(n, o, ho, wo), (x.shape, w, cols, b is not None, geometry, path)
     y = batch_first(np.matmul(w_mat, cols).reshape(o, ho, wo, n))
-    return y, (x.shape, w, cols, b is not None, geometry, False)
+    return y, (x.shape, w, cols, b is not None, geometry, path)
 
 
 def conv2d_backward(grad_y, ctx, input_grad=True):
-    x_shape, w, saved, has_bias, geometry, direct = ctx
+    x_shape, w, saved, has_bias, geometry, path = ctx
     g = contiguous(grad_y, w.dtype)
-    if direct:
+    n, c, h, wd = x_shape
+    if path == "direct":
         grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
         gt = batch_last(g)
         grad_w = np.empty(w.shape, dtype=w.dtype)
         run(_direct_w, gt.size * w[0].size, saved, gt, grad_w)
         grad_x = batch_first(direct_adjoint(gt, w, geometry[2:], x_shape[2:])) if input_grad else None
         return grad_x, grad_w, grad_b
-    g_mat = batch_last(g).reshape(g.shape[1], -1)
-    grad_wb = _times_transposed(g_mat, saved)  # with a bias: [grad_w | grad_b] (ones row of the columns)
-    grad_w = np.ascontiguousarray(grad_wb[:, :w[0].size]).reshape(w.shape)
-    grad_b = grad_wb[:, -1].copy() if has_bias else None
+    if path == "per_sample":
+        g3 = g.reshape(n, g.shape[1], -1)
+        grad_w, grad_b = _split_bias(_sample_sum(g3, saved), w.shape, has_bias)
+        grad_cols = batch_last(np.matmul(w.reshape(w.shape[0], -1).T, g3)).reshape(w[0].size, -1) if input_grad else None
+    else:
+        g_mat = batch_last(g).reshape(g.shape[1], -1)
+        grad_w, grad_b = _split_bias(_times_transposed(g_mat, saved), w.shape, has_bias)
+        grad_cols = np.matmul(w.reshape(w.shape[0], -1).T, g_mat) if input_grad else None
     if not input_grad:
         return None, grad_w, grad_b
-    grad_cols = np.matmul(w.reshape(w.shape[0], -1).T, g_mat)
-    n, c, h, wd = x_shape
     grad_x = batch_first(_unpatch(grad_cols, w.shape[2:], geometry, g.shape[2:], (c, h, wd, n)))
     return grad_x, grad_w, grad_b
 
@@ -159,22 +198,29 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
 def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
     n, cout, hout, wout = convshape.check_conv_transpose_input(x, w, b, stride, padding, output_padding)
     geometry = _geometry(stride, padding)
+    x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
-    if use_direct(x.shape[1], cout, w.shape[2:], geometry[:2]):
-        xt = batch_last(contiguous(x, x.dtype))
+    path = _path(cout, x.shape[1], cout, w.shape[2:], geometry[:2])
+    if path == "direct":
+        xt = batch_last(x)
         yt = direct_adjoint(xt, w, geometry[2:], (hout, wout), b)
-        return batch_first(yt), (x.shape, xt, w, b is not None, geometry, True)
-    x_mat = batch_last(contiguous(x, x.dtype)).reshape(x.shape[1], -1)
-    cols = np.matmul(w.reshape(w.shape[0], -1).T, x_mat)
+        return batch_first(yt), (x.shape, xt, w, b is not None, geometry, path)
+    w_mat = w.reshape(w.shape[0], -1)
+    if path == "per_sample":
+        saved = x.reshape(n, x.shape[1], -1)
+        cols = batch_last(np.matmul(w_mat.T, saved)).reshape(w_mat.shape[1], -1)  # (N, K, h*w) -> batch last
+    else:
+        saved = batch_last(x).reshape(x.shape[1], -1)
+        cols = np.matmul(w_mat.T, saved)
     y = batch_first(_unpatch(cols, w.shape[2:], geometry, x.shape[2:], (cout, hout, wout, n), start=b))
-    return y, (x.shape, x_mat, w, b is not None, geometry, False)
+    return y, (x.shape, saved, w, b is not None, geometry, path)
 
 
 def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
-    x_shape, saved, w, has_bias, geometry, direct = ctx
+    x_shape, saved, w, has_bias, geometry, path = ctx
     g = contiguous(grad_y, w.dtype)
     grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
-    if direct:
+    if path == "direct":
         ph, pw = geometry[2:]
         gt = batch_last(g)
         gpad = placed(gt, ph, pw, (gt.shape[1] + 2 * ph, gt.shape[2] + 2 * pw))
@@ -186,12 +232,16 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
         grad_w = np.empty(w.shape, dtype=w.dtype)
         run(_direct_w, saved.size * w[0].size, gpad, saved, grad_w)
         return grad_x, grad_w, grad_b
+    w_mat = w.reshape(w.shape[0], -1)
     cols = _patches(batch_last(g), w.shape[2:], geometry, x_shape[2:])
+    if path == "per_sample":
+        cols = batch_first(cols.reshape(cols.shape[0], -1, x_shape[0]))  # (N, K, h*w)
+        grad_x = np.matmul(w_mat, cols).reshape(x_shape) if input_grad else None
+        return grad_x, _sample_sum(saved, cols).reshape(w.shape), grad_b
     grad_x = None
     if input_grad:
-        grad_x = batch_first(np.matmul(w.reshape(w.shape[0], -1), cols).reshape(x_shape[1], *x_shape[2:], x_shape[0]))
-    grad_w = _times_transposed(saved, cols).reshape(w.shape)
-    return grad_x, grad_w, grad_b
+        grad_x = batch_first(np.matmul(w_mat, cols).reshape(x_shape[1], *x_shape[2:], x_shape[0]))
+    return grad_x, _times_transposed(saved, cols).reshape(w.shape), grad_b
 
 
 def linear_forward(x, w, b):

@@ -18,6 +18,8 @@ def _conv2d_cases(rng: np.random.Generator) -> list[Case]:
              {"stride": (1, 1), "padding": (1, 1)}, "kernel equal to the padded input"),
         Case((n(size=(1, 2, 9, 8)), n(size=(2, 2, 2, 3)), n(size=2)),
              {"stride": (3, 2), "padding": (0, 1)}, "stride 3x2, odd sizes, leftover rows"),
+        Case((n(size=(3, 1, 8, 7)), n(size=(5, 1, 3, 3)), n(size=5)),
+             {"stride": (2, 2), "padding": (1, 0)}, "one input channel, stride 2 (a first layer)"),
     ]
 
 
@@ -36,6 +38,9 @@ def _conv_transpose2d_cases(rng: np.random.Generator) -> list[Case]:
         Case((n(size=(1, 2, 2, 2)), n(size=(2, 1, 4, 4)), n(size=1)),
              {"stride": (1, 1), "padding": (1, 2), "output_padding": (0, 0)},
              "padding cropping to a 3x1 output"),
+        Case((n(size=(3, 4, 3, 4)), n(size=(4, 1, 4, 3)), n(size=1)),
+             {"stride": (2, 2), "padding": (1, 0), "output_padding": (1, 1)},
+             "one output channel, stride 2 (a last layer)"),
     ]
 
 
