@@ -9,6 +9,9 @@ nbclust / torch (below 1: nbclust is faster), nbclust's achieved GFLOP/s and
 its percent of the machine's FP32 peak, measured by a GEMM probe in the same
 run, and geometric means of the ratios per group.  It is printed and written
 atomically to ``benchmarks/results.md``.  ``--quick``: batch 100 only, fewer rounds.
+``--repeat R``: R passes over all cases with fresh workers; the table gives each
+case's median over the passes and the spread of the group means between passes
+(on a shared 2-core machine single runs differ by 10-20% per case, both runtimes).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +123,23 @@ def table(rows, peak, have_torch) -> list[str]:
     return lines
 
 
+def spread(passes, batches) -> list[str]:
+    """Lines giving, per group, the geometric mean and max ratio of each pass (``passes``: one
+    {case: (nbclust, torch)} dict per pass)."""
+    lines = ["", f"Spread over {len(passes)} passes (geometric mean / max ratio of each pass):", ""]
+    for n in batches:
+        for group in ("step", "embed", "layer"):
+            per_pass = []
+            for timings in passes:
+                ratios = [nb / th for case, (nb, th) in timings.items()
+                          if case.startswith(group + "/") and case.endswith(f"/b{n}") and nb and th]
+                if ratios:
+                    per_pass.append(f"{geomean(ratios):.2f} / {max(ratios):.2f}")
+            if per_pass:
+                lines.append(f"- {group} b{n}: " + ", ".join(per_pass))
+    return lines
+
+
 def summary(rows, batches, extras) -> tuple[list[str], dict]:
     lines, verdict = ["", "| group | geometric mean of ratios | max ratio | cases |", "|---|---:|---:|---:|"], {}
     for n in batches:
@@ -160,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--filter", default="", help="only cases matching this regular expression")
     p.add_argument("--chunk", type=int, default=40, help="cases per pair of worker processes")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up and compile-time measurements")
+    p.add_argument("--repeat", type=int, default=1, help="passes over all cases; the table gives the median pass")
     p.add_argument("--out", default=os.path.join(HERE, "results.md"))
     args = p.parse_args(argv)
     args.rounds = args.rounds or (3 if args.quick else 7)
@@ -170,33 +192,42 @@ def main(argv=None) -> int:
         print("torch is not installed (pip install 'nbclust[bench]'): timing nbclust only, no ratios",
               file=sys.stderr)
     runtimes = ("nbclust", "torch") if have_torch else ("nbclust",)
-    results, gemm = {n: {"case": n} for n in names}, []
-    for start in range(0, len(names), args.chunk):  # fresh workers per chunk: bounded memory
-        workers = [Worker(runtime, args) for runtime in runtimes]
-        gemm += [w.gemm for w in workers]
-        for name in names[start:start + args.chunk]:
+    samples, flops, gemm = {n: {} for n in names}, {}, []  # samples[case][runtime]: one median per pass
+    for k in range(args.repeat):
+        for start in range(0, len(names), args.chunk):  # fresh workers per chunk: bounded memory
+            workers = [Worker(runtime, args) for runtime in runtimes]
+            gemm += [w.gemm for w in workers]
+            for name in names[start:start + args.chunk]:
+                for w in workers:
+                    row = w.time(name)
+                    if "error" in row:
+                        print(f"{w.runtime} {name}: {row['error']}", file=sys.stderr)
+                    else:
+                        samples[name].setdefault(w.runtime, []).append(row["median"])
+                        flops[name] = row["flops"]
             for w in workers:
-                row = w.time(name)
-                if "error" in row:
-                    print(f"{w.runtime} {name}: {row['error']}", file=sys.stderr)
-                else:
-                    results[name][w.runtime] = row["median"]
-                    results[name]["flops"] = row["flops"]
-        for w in workers:
-            w.close()
-        print(f"... {min(start + args.chunk, len(names))}/{len(names)} cases", file=sys.stderr)
+                w.close()
+            print(f"... pass {k + 1}/{args.repeat}: {min(start + args.chunk, len(names))}/{len(names)} cases",
+                  file=sys.stderr)
     peak = max(gemm, default=None)
     extras = {} if args.no_startup else startup(args)
-    rows = list(results.values())
+    rows = [{"case": n, "flops": flops.get(n), **{rt: statistics.median(v) for rt, v in samples[n].items()}}
+            for n in names]
+    passes = [{n: tuple(samples[n].get(rt, [None] * args.repeat)[k] for rt in ("nbclust", "torch"))
+               for n in names if len(samples[n].get("nbclust", [])) == len(samples[n].get("torch", [])) == args.repeat}
+              for k in range(args.repeat)] if have_torch else []
     head = [f"# nbclust cpu vs torch CPU, {args.threads} threads, float32",
             "", f"Machine: {os.cpu_count()} logical CPUs; FP32 peak by GEMM probe (2048^3): "
-            f"{'-' if peak is None else f'{peak:.1f}'} GFLOP/s. Medians of {args.rounds} rounds; "
+            f"{'-' if peak is None else f'{peak:.1f}'} GFLOP/s. Medians of {args.rounds} rounds"
+            f"{'' if args.repeat == 1 else f', then the median of {args.repeat} passes'}; "
             "ratio = nbclust / torch; GFLOP/s counts conv and linear multiply-adds (x2) only.", ""]
     start_lines = [] if args.no_startup else [
         "", f"Start-up: `python -m nbclust.fit --help` {extras['help_s']:.3f} s; time to the end of the first "
         f"epoch (warm Numba cache, DBC pretraining, 512 images) {extras['first_epoch_s']:.3f} s; cold compile "
         f"of every op, float32 + float64: {extras['cold_compile_s']:.1f} s."]
     lines, _ = summary(rows, batches, extras)
+    if args.repeat > 1 and passes:
+        lines += spread(passes, batches)
     text = "\n".join(head + table(rows, peak, have_torch) + lines + start_lines) + "\n"
     print(text)
     write_atomic(args.out, text)
