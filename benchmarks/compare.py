@@ -213,9 +213,8 @@ def main(argv=None) -> int:
     extras = {} if args.no_startup else startup(args)
     rows = [{"case": n, "flops": flops.get(n), **{rt: statistics.median(v) for rt, v in samples[n].items()}}
             for n in names]
-    passes = [{n: tuple(samples[n].get(rt, [None] * args.repeat)[k] for rt in ("nbclust", "torch"))
-               for n in names if len(samples[n].get("nbclust", [])) == len(samples[n].get("torch", [])) == args.repeat}
-              for k in range(args.repeat)] if have_torch else []
+    complete = [n for n in names if all(len(samples[n].get(rt, ())) == args.repeat for rt in ("nbclust", "torch"))]
+    passes = [{n: (samples[n]["nbclust"][k], samples[n]["torch"][k]) for n in complete} for k in range(args.repeat)]
     head = [f"# nbclust cpu vs torch CPU, {args.threads} threads, float32",
             "", f"Machine: {os.cpu_count()} logical CPUs; FP32 peak by GEMM probe (2048^3): "
             f"{'-' if peak is None else f'{peak:.1f}'} GFLOP/s. Medians of {args.rounds} rounds"
@@ -226,7 +225,7 @@ def main(argv=None) -> int:
         f"epoch (warm Numba cache, DBC pretraining, 512 images) {extras['first_epoch_s']:.3f} s; cold compile "
         f"of every op, float32 + float64: {extras['cold_compile_s']:.1f} s."]
     lines, _ = summary(rows, batches, extras)
-    if args.repeat > 1 and passes:
+    if args.repeat > 1 and complete:
         lines += spread(passes, batches)
     text = "\n".join(head + table(rows, peak, have_torch) + lines + start_lines) + "\n"
     print(text)

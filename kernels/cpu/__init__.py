@@ -8,8 +8,8 @@ Memory: see :mod:`nbclust.kernels.cpu.memory` (freed blocks are reused, not unma
 """
 
 from nbclust.kernels.cpu import conv as _conv
-from nbclust.kernels.cpu import memory as _memory
 from nbclust.kernels.cpu import losses as _losses
+from nbclust.kernels.cpu import memory as _memory
 from nbclust.kernels.cpu import pointwise as _pointwise
 from nbclust.kernels.cpu import pool as _pool
 
