@@ -37,14 +37,14 @@ def contiguous(a, dtype):
 
 
 def batch_last(a):
-    """(N, C, H, W) -> (C, H, W, N), batch innermost."""
+    """(N, C, H, W) -> (C, H, W, N), batch innermost (any rank: the first axis moves last)."""
     out = np.empty((*a.shape[1:], a.shape[0]), dtype=a.dtype)
     run(_transpose, a.size, a.reshape(a.shape[0], -1), out.reshape(-1, a.shape[0]))
     return out
 
 
 def batch_first(a):
-    """(C, H, W, N) -> (N, C, H, W)."""
+    """(C, H, W, N) -> (N, C, H, W) (any rank: the last axis moves first)."""
     out = np.empty((a.shape[-1], *a.shape[:-1]), dtype=a.dtype)
     run(_transpose, a.size, a.reshape(-1, a.shape[-1]), out.reshape(a.shape[-1], -1))
     return out
