@@ -21,7 +21,9 @@ from nbclust.methods import ESTIMATORS as _ESTIMATORS  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", *_ESTIMATORS]
+_OTHERS = {"ACPIC": "nbclust.acpic", "DenseSIFT": "nbclust.features"}
+
+__all__ = ["__version__", *_ESTIMATORS, *_OTHERS]
 
 
 def __getattr__(name):
@@ -29,4 +31,8 @@ def __getattr__(name):
         from nbclust import methods
 
         return getattr(methods, name)
+    if name in _OTHERS:
+        import importlib
+
+        return getattr(importlib.import_module(_OTHERS[name]), name)
     raise AttributeError(f"module 'nbclust' has no attribute {name!r}")

@@ -1,10 +1,13 @@
-"""``KMeansPixels``: the k-means-on-raw-pixels baseline behind ``--method kmeans``.
+"""``KMeansPixels`` and ``ACPICPixels``: the baselines behind ``--method kmeans`` and ``--method acpic``.
 
 sklearn ``KMeans`` (k-means++ init, ``n_init=20`` restarts, the best inertia kept) on the
-flattened images scaled to [0, 1] (uint8 / 255).  It follows the estimator contract
+flattened images scaled to [0, 1] (uint8 / 255), or on a feature matrix (N, D) as given
+(``--features``: :meth:`features_input` keeps it flat).  It follows the estimator contract
 where it applies: one "cluster" epoch reported through ``callback``, ``labels_``,
 ``cluster_centers_`` (in pixel space, the embedding), ``transform``, ``predict``,
-``save``/``load``; there is no training state to checkpoint.
+``save``/``load``; there is no training state to checkpoint.  ``ACPICPixels`` is the same
+contract around :class:`nbclust.ACPIC` (its ``cluster_centers_`` are the cluster means, and
+``predict`` gives the nearest mean: AC-PIC itself has no rule for new samples).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
     @staticmethod
     def _flat(X):
         X = np.asarray(X)
-        if X.ndim not in (3, 4) or X.shape[0] == 0:
-            raise ValueError(f"X must have shape (N, H, W) or (N, C, H, W) with N > 0, got {X.shape}")
+        if X.ndim not in (2, 3, 4) or X.shape[0] == 0:
+            raise ValueError(f"X must have shape (N, D), (N, H, W) or (N, C, H, W) with N > 0, got {X.shape}")
         Z = X.reshape(X.shape[0], -1).astype(np.float64)
         if X.dtype == np.uint8:
             Z /= 255.0
@@ -37,23 +40,18 @@ class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
         return Z
 
     def fit(self, X, y=None, *, callback=None, resume=None):
-        from sklearn.cluster import KMeans
-
         from nbclust.metrics import ari, cluster_acc, nmi
 
         if resume is not None:
-            raise ValueError("kmeans has no training state to resume from")
+            raise ValueError(f"{type(self).__name__} has no training state to resume from")
         Z = self._flat(X)
         if not isinstance(self.n_clusters, (int, np.integer)) or not 2 <= self.n_clusters <= len(Z):
             raise ValueError(f"n_clusters must be an integer in [2, {len(Z)}], got {self.n_clusters!r}")
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        self._check_params()
         t0 = time.perf_counter()
-        km = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.random_state).fit(Z)
-        self.labels_ = km.labels_.astype(np.int64)
-        self.cluster_centers_ = km.cluster_centers_
+        record = {"phase": "cluster", "epoch": 1, **self._cluster(Z)}
         self.image_shape_ = tuple(np.shape(X)[1:])
-        record = {"phase": "cluster", "epoch": 1, "inertia": float(km.inertia_), "seconds": time.perf_counter() - t0}
+        record["seconds"] = time.perf_counter() - t0
         if y is not None:
             record.update(acc=cluster_acc(y, self.labels_), nmi=nmi(y, self.labels_), ari=ari(y, self.labels_))
         self.history_ = [record]
@@ -61,8 +59,26 @@ class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
             callback(self, record)
         return self
 
+    def _check_params(self):
+        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+
+    def _cluster(self, Z) -> dict:
+        """Set ``labels_`` and ``cluster_centers_`` from the flat data; extra history entries."""
+        from sklearn.cluster import KMeans
+
+        km = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.random_state).fit(Z)
+        self.labels_ = km.labels_.astype(np.int64)
+        self.cluster_centers_ = km.cluster_centers_
+        return {"inertia": float(km.inertia_)}
+
+    @staticmethod
+    def features_input(F):
+        """A feature matrix (N, D) is clustered as it is (see nbclust.features.as_estimator_input)."""
+        return np.asarray(F)
+
     def transform(self, X):
-        """The flattened [0, 1] pixels (the space k-means works in)."""
+        """The flattened [0, 1] pixels, or the feature matrix (the space k-means works in)."""
         return self._flat(X)
 
     def predict(self, X):
@@ -83,3 +99,27 @@ class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
         est.cluster_centers_, est.labels_ = arrays["cluster_centers_"], arrays["labels_"]
         est.image_shape_ = tuple(meta["image_shape"])
         return est
+
+
+class ACPICPixels(KMeansPixels):
+    """:class:`nbclust.ACPIC` on the flattened pixels or a feature matrix, with the baseline contract."""
+
+    def __init__(self, n_clusters=10, *, n_neighbors=20, a=1.0, z=0.01, random_state=None, verbose=0):
+        self.n_clusters = n_clusters
+        self.n_neighbors = n_neighbors
+        self.a = a
+        self.z = z
+        self.random_state = random_state  # unused: AC-PIC is deterministic
+        self.verbose = verbose
+
+    def _check_params(self):
+        pass  # ACPIC checks its own
+
+    def _cluster(self, Z) -> dict:
+        from nbclust.acpic import ACPIC
+
+        ac = ACPIC(self.n_clusters, n_neighbors=self.n_neighbors, a=self.a, z=self.z).fit(Z)
+        self.labels_ = ac.labels_.astype(np.int64)
+        self.cluster_centers_ = np.stack([Z[self.labels_ == k].mean(0) if np.any(self.labels_ == k) else Z.mean(0)
+                                          for k in range(self.n_clusters)])  # an empty cluster: the mean
+        return {"initial_clusters": int(ac.n_initial_clusters_)}

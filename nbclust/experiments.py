@@ -16,6 +16,10 @@ epoch of each phase, history) to ``--out`` (rewritten atomically), and a run who
 suite resumes where it stopped.  ``--report FILE`` then regenerates the Markdown results from
 the JSON-lines file: measured mean +- std beside the papers' numbers, per-epoch times, the
 commands; text between ``<!-- notes -->`` and ``<!-- /notes -->`` in an existing FILE is kept.
+
+``--features dsift-pca`` runs every method on DSIFT -> PCA(300) features instead of the pixels
+(:mod:`nbclust.features`; computed once per data set and cached on disk); such runs have their own
+keys and show ``features=dsift-pca`` in the report's settings column.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ RUNS = {
     "fcae-kmeans": ("fcae-kmeans", {}),
     "dbc": ("dbc", {}),
     "dcec": ("dcec", {}),
+    "depict": ("depict", {}),  # the released protocol (target=code, AC-PIC start, early stopping)
     "depict-paper": ("depict", {"target": "paper"}),
-    "depict-code": ("depict", {"target": "code"}),
     "dctl-2l-joint": ("dctl", {"n_layers": 2, "joint": True}),
     "dctl-1l-joint": ("dctl", {"n_layers": 1, "joint": True}),
     "dctl-2l-piecemeal": ("dctl", {"n_layers": 2, "joint": False}),
@@ -49,8 +53,8 @@ BUDGET = {
     "fcae-kmeans": {"pretrain_epochs": 5},
     "dbc": {"pretrain_epochs": 5, "epochs": 5},
     "dcec": {"pretrain_epochs": 5, "epochs": 5},
-    "depict-paper": {"pretrain_epochs": 3, "epochs": 3},
-    "depict-code": {"pretrain_epochs": 3, "epochs": 3},
+    "depict": {"pretrain_epochs": 3, "warmup_epochs": 3, "epochs": 3},
+    "depict-paper": {"pretrain_epochs": 3, "warmup_epochs": 3, "epochs": 3},
     "dctl-2l-joint": {"epochs": 10},
     "dctl-1l-joint": {"epochs": 10},
     "dctl-2l-piecemeal": {"epochs": 10},
@@ -66,15 +70,15 @@ PAPER = {
     ("dbc", "mnist-full"): (0.964, 0.917, "seed 002 (DBC)"),
     ("fcae-kmeans", "mnist-full"): (0.794, 0.698, "seed 002 (FCAE-KMS)"),
     ("kmeans", "mnist-full"): (0.535, 0.531, "seed 002 (k-means)"),
-    ("depict-paper", "mnist-full"): (0.965, 0.917, "seed 004 (DEPICT)"),
-    ("depict-paper", "mnist-test"): (0.963, 0.915, "seed 004 (DEPICT)"),
+    ("depict", "mnist-full"): (0.965, 0.917, "seed 004 (DEPICT)"),
+    ("depict", "mnist-test"): (0.963, 0.915, "seed 004 (DEPICT)"),
     ("dcec", "mnist-full"): (0.8529, None, "DCEC as cited in seed 000"),
 }
 FASHION_REFS = "DEC 0.518-0.618 ACC, N2D 0.672 ACC"
 # Issue 7 targets: (data set, runs whose best mean ACC counts, ACC threshold)
 TARGETS = [
-    ("mnist-full", ("dbc",), 0.93), ("mnist-full", ("depict-paper", "depict-code"), 0.93),
-    ("mnist-full", ("dcae",), 0.89), ("mnist-test", ("depict-paper", "depict-code"), 0.90),
+    ("mnist-full", ("dbc",), 0.93), ("mnist-full", ("depict", "depict-paper"), 0.93),
+    ("mnist-full", ("dcae",), 0.89), ("mnist-test", ("depict", "depict-paper"), 0.90),
     ("fashion-mnist", tuple(RUNS), 0.60),
 ]
 NOTES = ("<!-- notes -->", "<!-- /notes -->")
@@ -121,8 +125,9 @@ def _estimator_class(method):
     return getattr(importlib.import_module(module), name)
 
 
-def run_key(suite, data, name, seed, params) -> str:
-    blob = json.dumps([suite, data, name, seed, params], sort_keys=True)
+def run_key(suite, data, name, seed, params, features="none") -> str:
+    key = [suite, data, name, seed, params] + ([features] if features != "none" else [])  # old keys unchanged
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -179,7 +184,7 @@ def load_data(data, data_home=None, n_images=None, loader=None):
 
 
 def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, figures=None, loader=None,
-            log=None):
+            log=None, features="none"):
     """Fit one run; its record (settings, metrics, seconds, per-phase seconds per epoch, history)."""
     import numpy as np
 
@@ -193,6 +198,11 @@ def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, fi
     kwargs = {"n_clusters": int(len(np.unique(y))), "random_state": seed, "verbose": 0, **params}
     est = cls(**kwargs)
     _set_threads(threads)
+    if features != "none":
+        from nbclust.features import as_estimator_input, features_for
+
+        with _thread_limit(threads):
+            X = as_estimator_input(features_for(features, X), est)
     t0 = time.perf_counter()
     def progress(_, r):
         if log is not None:
@@ -207,8 +217,8 @@ def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, fi
     for r in history:
         per_epoch.setdefault(r.get("phase", "?"), []).append(float(r.get("seconds", 0.0)))
     record = {
-        "key": run_key(suite, data, name, seed, params), "suite": suite, "data": data, "run": name,
-        "method": method, "seed": seed, "params": params, "n_images": int(len(X)),
+        "key": run_key(suite, data, name, seed, params, features), "suite": suite, "data": data, "run": name,
+        "method": method, "seed": seed, "params": params, "features": features, "n_images": int(len(X)),
         "acc": cluster_acc(y, labels), "nmi": nmi(y, labels), "ari": ari(y, labels),
         "seconds": round(wall, 2), "threads": threads or _cpu_threads(),
         "seconds_per_epoch": {p: round(float(np.mean(s)), 3) for p, s in per_epoch.items()},
@@ -279,23 +289,25 @@ def _stack(plt, figs, path, title):
 
 
 def run_suite(suite, out, *, datasets=None, runs=None, seeds=None, params=(), data_home=None,
-              threads=None, figures=None, loader=None, log=print, command=None):
+              threads=None, figures=None, loader=None, log=print, command=None, features="none"):
     """Run every planned run not yet in ``out``; returns the records written now."""
     done = {r["key"] for r in read_records(out)}
     todo = plan(suite, datasets, runs, seeds, params)
     new = []
     for data, name, seed, p in todo:
-        key = run_key(suite, data, name, seed, p)
+        key = run_key(suite, data, name, seed, p, features)
         if key in done:
             log(f"skip {suite} {data} {name} seed {seed} (already in {out})")
             continue
-        log(f"run  {suite} {data} {name} seed {seed} {json.dumps(p, sort_keys=True)}")
+        log(f"run  {suite} {data} {name} seed {seed} {json.dumps(p, sort_keys=True)}"
+            + (f" features {features}" if features != "none" else ""))
         first = figures is not None and not any(
             r["data"] == data and r["run"] == name and r["suite"] == suite and r.get("figure")
+            and r.get("features", "none") == features
             for r in read_records(out))
         try:
             rec = run_one(suite, data, name, seed, p, data_home=data_home, threads=threads,
-                          figures=figures if first else None, loader=loader, log=log)
+                          figures=figures if first else None, loader=loader, log=log, features=features)
             rec["command"] = command
         except ValueError as exc:
             if "not found" in str(exc):  # nbclust.datasets: a named set absent from every folder
@@ -326,7 +338,10 @@ def summarize(records):
     by_key = {r["key"]: r for r in records}
     groups: dict = {}
     for r in by_key.values():
-        groups.setdefault((r["suite"], r["data"], r["run"], json.dumps(r["params"], sort_keys=True)), []).append(r)
+        settings = dict(r["params"])
+        if r.get("features", "none") != "none":
+            settings["features"] = r["features"]
+        groups.setdefault((r["suite"], r["data"], r["run"], json.dumps(settings, sort_keys=True)), []).append(r)
     return groups
 
 
@@ -388,7 +403,8 @@ def report(records, notes="", commands=()) -> str:
     lines += ["", "## Every run", "", "| suite | data | run | seed | ACC | NMI | ARI | seconds | finished |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(summarize_latest(records), key=lambda r: r["finished"]):
-        lines.append(f"| {r['suite']} | {r['data']} | {r['run']} | {r['seed']} | {r['acc']:.4f} | {r['nmi']:.4f} | "
+        run = r["run"] + (f" ({r['features']})" if r.get("features", "none") != "none" else "")
+        lines.append(f"| {r['suite']} | {r['data']} | {run} | {r['seed']} | {r['acc']:.4f} | {r['nmi']:.4f} | "
                      f"{r['ari']:.4f} | {r['seconds']:.0f} | {r['finished']} |")
     return "\n".join(lines) + "\n"
 
@@ -424,6 +440,10 @@ def build_parser():
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override an estimator parameter (TOML literal) in every run that has it")
     p.add_argument("--data-home", help="folder searched first for the data sets (see nbclust.datasets)")
+    from nbclust.fit import FEATURES
+
+    p.add_argument("--features", default="none", choices=FEATURES,
+                   help="cluster the pixels (none, default) or DSIFT -> PCA(300) features (dsift-pca; cached)")
     p.add_argument("--out", default="experiments.jsonl", help="JSON-lines run log (default: experiments.jsonl)")
     p.add_argument("--report", metavar="FILE", help="regenerate this Markdown file from --out afterwards")
     p.add_argument("--report-only", action="store_true", help="do not run anything, only --report")
@@ -459,7 +479,7 @@ def main(argv=None) -> int:
         if not args.report_only:
             run_suite(args.suite, args.out, datasets=_split(args.datasets), runs=_split(args.methods), seeds=seeds,
                       params=params, data_home=args.data_home, threads=args.threads, figures=args.figures,
-                      log=lambda m: print(m, flush=True), command=cmd)
+                      log=lambda m: print(m, flush=True), command=cmd, features=args.features)
         if args.report:
             write_report(args.out, args.report)
     except ValueError as exc:

@@ -28,10 +28,12 @@ METHODS = {
     "fcae-kmeans": ("nbclust.methods.dbc", "FCAEKMeans"),
     "dcec": ("nbclust.methods.dcec", "DCEC"),
     "kmeans": ("nbclust.baseline", "KMeansPixels"),
+    "acpic": ("nbclust.baseline", "ACPICPixels"),
 }
 BACKENDS = ("cpu", "reference", "cuda")
 DATASETS = ("digits", "mnist", "mnist-test", "mnist-full", "fashion-mnist", "fashion-mnist-train",
             "fashion-mnist-test", "usps", "coil20", "yaleb")  # = nbclust.datasets.NAMES
+FEATURES = ("none", "dsift-pca")  # = nbclust.features.FEATURES (not imported here: it loads Numba)
 CHECKPOINT = "checkpoint.npz"
 
 # Options that map onto an estimator parameter of the same meaning: (flag, parameter, type, help).
@@ -48,11 +50,19 @@ HYPER = [
     ("--lam", "lam", float, "DCAE: k-means loss weight lambda (0.2); DCTL: regulariser weight lambda (0.001)"),
     ("--mu", "mu", float, "DCTL: clustering term weight mu (1)"),
     ("--gamma", "gamma", float, "DCEC: clustering loss weight gamma (0.1)"),
-    ("--target", "target", str, "DEPICT: target distribution, paper|code"),
+    ("--target", "target", str, "DEPICT: target distribution, code|paper (code: the released code; more with --param init=, weights=, noise=)"),
     ("--normalization", "normalization", str, "DBC: target normalisation, boosted|soft|none"),
     ("--n-layers", "n_layers", int, "DCTL: transform layers, 1|2"),
     ("--pool", "pool", str, "DCTL: max-pooling rule, auto|always|never (auto: pool while the map keeps side >= 7)"),
     ("--z-lr", "z_lr", float, "DCTL: Adam step size of the codes Z (0.1)"),
+    ("--reading", "reading", str, "DCTL: how a feature-vector input (N, 1, 1, D) is convolved, 1d|2d "
+     "(1d: 1x9 filters and 1x2 pooling along the vector, as the authors' Conv1d; 2d: reshaped to h x w, 9x9)"),
+    ("--loss-scale", "loss_scale", str, "DCTL: loss scaling, code|paper (code: mean data and k-means "
+     "terms, regulariser unscaled per batch; paper: eq 6 sums, regulariser scaled by b/N)"),
+    ("--assign", "assign", str, "DCTL: k-means assignment in the joint phase, batch|epoch|codes (batch: "
+     "fresh k-means on each batch's current features; epoch: on all features per epoch; codes: on Z, eq 7)"),
+    ("--final", "final", str, "DCTL: final labels, kmeans|codes (kmeans: fresh k-means on the final "
+     "transform outputs; codes: P2 centres of the clipped codes)"),
     ("--activation", "activation", str, "DCAE: hidden activations, relu|sigmoid (paper: sigmoid; default relu)"),
     ("--momentum", "momentum", float, "DCAE: SGD momentum (0.9)"),
     ("--weight-decay", "weight_decay", float, "DCAE: SGD weight decay (5e-4)"),
@@ -60,12 +70,12 @@ HYPER = [
     ("--update-interval", "update_interval", int, "DCEC: batches between target updates (140)"),
     ("--embedding-dim", "embedding_dim", int, "DCAE, DCEC: embedding size (10)"),
     ("--dropout", "dropout", float, "DEPICT: input and hidden dropout rate (0.1)"),
-    ("--n-init", "n_init", int, "k-means restarts (kmeans, DBC, DCEC: 20)"),
+    ("--n-init", "n_init", int, "k-means restarts (kmeans, DBC, DCEC: 20; DCTL's final k-means: 10)"),
 ]
 DEFAULTS = {
     "data": "digits", "data_home": None, "download": False, "n_clusters": None, "backend": "cpu",
     "threads": None, "seed": 0, "out": None, "plot": False, "checkpoint_every": 10, "quiet": False,
-    "param": [],
+    "param": [], "features": "none",
 }
 
 
@@ -87,12 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Precedence: defaults < --config file < checkpoint (with --resume) < command line.",
     )
     p.add_argument("--method", choices=list(METHODS), help="clustering method (required; kmeans = "
-                   "sklearn KMeans on raw pixels, n_init=20)")
+                   "sklearn KMeans on raw pixels, n_init=20; acpic = AC-PIC agglomerative clustering)")
     p.add_argument("--data", metavar="NAME|PATH", help=f"data set name ({', '.join(DATASETS)}) or a "
                    ".npz/.npy/IDX file or PNG folder (default: digits)")
     p.add_argument("--data-home", metavar="DIR", help="first folder searched for named data sets "
                    "(default: $NBCLUST_DATA, ~/.cache/nbclust, /usr/share/datasets)")
     p.add_argument("--download", action="store_true", help="download a missing named data set (default: off)")
+    p.add_argument("--features", choices=FEATURES, help="what the method clusters: none = the images' "
+                   "pixels (default); dsift-pca = dense SIFT (VLFeat's vl_dsift) -> PCA(300) features, as DCTL "
+                   "(computed once per data set, cached in $NBCLUST_CACHE/features or ~/.cache/nbclust/features); "
+                   "kmeans gets the (N, 300) matrix, image methods an (N, 1, 1, 300) array")
     p.add_argument("--n-clusters", type=int, metavar="K", help="number of clusters (default: the number "
                    "of label values when the data have labels; required otherwise)")
     for flag, _, typ, text in TRAINING:
@@ -103,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--joint", action=argparse.BooleanOptionalAction,
                    help="DCTL: joint transform + clustering learning (paper: --joint)")
     g.add_argument("--standardize", action=argparse.BooleanOptionalAction,
-                   help="DCTL: standardise the transform's features (default: --standardize)")
+                   help="DCTL: standardise the transform's features (default: --no-standardize)")
     g.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="any other estimator parameter; VALUE is a TOML literal (repeatable)")
     p.add_argument("--backend", choices=BACKENDS, help="array backend (default: cpu)")
@@ -147,10 +161,10 @@ def _settings(argv):
     checkpoint = None
     if "resume" in given:
         checkpoint, saved = _read_checkpoint(Path(given["resume"]))
-        for key in ("method", "data"):
-            if key in given and given[key] != saved.get(key):
+        for key in ("method", "data", "features"):
+            if key in given and given[key] != saved.get(key, DEFAULTS.get(key)):
                 raise ValueError(
-                    f"--resume {given['resume']}: the checkpoint is from {key} {saved.get(key)!r}, "
+                    f"--resume {given['resume']}: the checkpoint is from {key} {saved.get(key, DEFAULTS.get(key))!r}, "
                     f"not {given[key]!r}; resume without --{key} or start a new run"
                 )
         opts.update(saved)
@@ -322,6 +336,9 @@ def _run(argv):
         raise ValueError(f"--n-clusters must be between 2 and the number of images ({len(X)}), got {opts['n_clusters']}")
     est = _estimator(opts)
     _set_threads(opts["threads"])
+    feature_info = None
+    if opts["features"] != "none":
+        X, feature_info = _features(opts, X, est)
     state = {"last": None, "out": out}
     t0 = time.perf_counter()
     from nbclust.progress import Progress
@@ -350,9 +367,27 @@ def _run(argv):
         epoch = state["last"][1].get("epoch")
         raise KeyboardInterrupt(f"checkpoint of epoch {epoch} saved; continue with --resume {out}") from None
     progress.close()
-    metrics = _write_outputs(out, opts, est, X, y, time.perf_counter() - t0)
+    metrics = _write_outputs(out, opts, est, X, y, time.perf_counter() - t0, feature_info)
     _print_summary(opts, metrics, out)
     return 0
+
+
+def _features(opts, X, est):
+    """(the estimator's input for ``--features``, a record of how the features were made)."""
+    from nbclust.features import as_estimator_input, features_for
+
+    with _thread_limit(opts["threads"]):
+        F, info = features_for(opts["features"], X, return_info=True)
+    if not opts["quiet"]:
+        how = "read from cache" if info["cached"] else f"computed ({_seconds_text(info['seconds'])})"
+        print(f"[features] {opts['features']}: {F.shape[0]} x {F.shape[1]} ({info['n_dsift']}-d descriptors), {how}",
+              file=sys.stderr, flush=True)
+    return as_estimator_input(F, est), {"features": opts["features"], "feature_dim": int(F.shape[1]),
+                                        "feature_cached": info["cached"], "feature_seconds": info["seconds"]}
+
+
+def _seconds_text(seconds):
+    return ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) if isinstance(seconds, dict) else "?"
 
 
 def _total_epochs(est):
@@ -386,7 +421,7 @@ def _write_checkpoint(out, state):
     save_state(out / CHECKPOINT, *state)
 
 
-def _write_outputs(out, opts, est, X, y, wall):
+def _write_outputs(out, opts, est, X, y, wall, feature_info=None):
     """Write every result into a temporary folder beside ``out`` and rename it onto ``out``."""
     import platform
     import tempfile
@@ -405,7 +440,8 @@ def _write_outputs(out, opts, est, X, y, wall):
         embedding = est.transform(X)
         history = list(est.history_)
         metrics = {"method": opts["method"], "data": str(opts["data"]), "n_images": int(len(X)),
-                   "image_shape": list(np.shape(X)[1:]), "n_clusters": int(opts["n_clusters"])}
+                   "image_shape": list(np.shape(X)[1:]), "n_clusters": int(opts["n_clusters"]),
+                   "features": opts["features"], **(feature_info or {})}
         if y is not None:
             metrics.update(acc=cluster_acc(y, labels), nmi=nmi(y, labels), ari=ari(y, labels))
         metrics.update(
@@ -463,6 +499,8 @@ def _print_summary(opts, metrics, out):
 
     rows = {"method": opts["method"], "data": metrics["data"], "images": metrics["n_images"],
             "clusters": metrics["n_clusters"]}
+    if opts["features"] != "none":
+        rows["features"] = f"{opts['features']} ({metrics['feature_dim']}-d)"
     for k in ("acc", "nmi", "ari"):
         if k in metrics:
             rows[k.upper()] = metrics[k]

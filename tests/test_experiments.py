@@ -78,6 +78,22 @@ def test_run_suite_records_and_resumes(tmp_path, fake_runs):
     assert len(ex.read_records(out)) == 3
 
 
+def test_features_runs_have_their_own_keys_and_report_rows(tmp_path, fake_runs, monkeypatch):
+    """--features dsift-pca: k-means on DSIFT -> PCA features, recorded beside (not over) the pixel run."""
+    monkeypatch.setenv("NBCLUST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "runs.jsonl"
+    (pix,) = ex.run_suite("smoke", out, runs=["kmeans"], loader=blobs, log=lambda m: None)
+    (feat,) = ex.run_suite("smoke", out, runs=["kmeans"], loader=blobs, log=lambda m: None, features="dsift-pca")
+    assert pix["features"] == "none" and feat["features"] == "dsift-pca" and pix["key"] != feat["key"]
+    assert pix["key"] == ex.run_key("smoke", "mnist-test", "kmeans", 0, {"n_init": 2})  # pixel keys unchanged
+    assert 0 <= feat["acc"] <= 1 and len(list((tmp_path / "cache" / "features").iterdir())) == 1
+    assert ex.run_suite("smoke", out, runs=["kmeans"], loader=blobs, log=lambda m: None, features="dsift-pca") == []
+    text = ex.report(ex.read_records(out))
+    assert "| mnist-test | kmeans | smoke | n_init=2 |" in text
+    assert "| mnist-test | kmeans | smoke | features=dsift-pca, n_init=2 |" in text
+    assert "| smoke | mnist-test | kmeans (dsift-pca) | 0 |" in text
+
+
 def test_interrupted_run_leaves_log_intact(tmp_path, fake_runs, monkeypatch):
     out = tmp_path / "runs.jsonl"
     ex.run_suite("smoke", out, runs=["kmeans"], loader=blobs, log=lambda m: None)
@@ -138,6 +154,9 @@ def test_cli_dry_run_and_errors(capsys):
     assert capsys.readouterr().out.splitlines()[0].startswith("mnist-test kmeans seed 0")
     assert ex.main(["--suite", "paper", "--methods", "bogus", "--dry-run"]) == 2
     assert "error: --methods: unknown bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        ex.main(["--suite", "smoke", "--features", "hog", "--dry-run"])
+    assert exc.value.code == 2 and "invalid choice: 'hog'" in capsys.readouterr().err
 
 
 def test_cli_runs_and_reports(tmp_path, fake_runs, monkeypatch, capsys):
