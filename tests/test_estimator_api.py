@@ -16,7 +16,7 @@ from test_methods_a import toy_images
 CLASSES = available()
 NAMES = [n for n in ESTIMATORS if n in CLASSES]
 
-TINY = {"epochs": 2, "pretrain_epochs": 2, "batch_size": 16, "update_interval": 3, "tol": 0.0}
+TINY = {"epochs": 2, "pretrain_epochs": 2, "warmup_epochs": 2, "batch_size": 16, "update_interval": 3, "tol": 0.0}
 
 
 def tiny(name, **kw):

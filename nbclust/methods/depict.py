@@ -1,39 +1,73 @@
 """DEPICT: deep embedded regularized clustering (Ghasedi Dizaji et al., ICCV 2017; seed 004).
 
-The poster gives the model and the objective; the authors' released code
-fills the gaps, as read here:
+The defaults run the authors' released Theano/Lasagne code (GitHub herandy/DEPICT,
+``DEPICT.py`` and ``functions.py``); where the poster reads otherwise, its reading
+is an option.  Network (``build_depict``):
 
 - Noisy encoder: dropout 0.1 on the input -> conv 50 k4 s2 -> LeakyReLU 0.01
   -> dropout 0.1 -> conv 50 k5 s2 pad 2 -> LeakyReLU -> dense ``K`` + tanh
   (the embedding z, d = K = ``n_clusters``).  The clean encoder is the same
-  layers (shared weights) without dropout.
+  layers (shared weights) without dropout.  Inputs are mapped to [-1, 1]
+  (x / 127.5 - 1, i.e. 2x - 1 for X in [0, 1]).
 - Decoder, mirrored, on the noisy z: dense + LeakyReLU -> reshape ->
   transposed conv 50 k5 s2 pad 2 + LeakyReLU (h^1) -> transposed conv ``C`` k4
-  s2 + tanh (x^); inputs are mapped to [-1, 1] by 2x - 1 (X in [0, 1]).
-- Softmax head p_ik proportional to exp(theta_k^T z_i + b_k): a multinomial
-  logistic regression layer (the poster's formula leaves the bias implicit;
-  without it a centroid of large norm captures every sample), theta
-  initialised with the k-means centroids c_k (n_init 20) of the pretrained
-  clean embedding and b_k = -||c_k||^2 / 2, so that the initial argmax is the
-  k-means partition (theta_k^T z + b_k = -||z - c_k||^2 / 2 + const(z)).  The
-  first targets Q are the one-hot k-means labels (Algorithm 1 line 1,
-  "initialize Q using a clustering algorithm").
-- Loss (Algorithm 1 line 3): -(1/N) sum q_ik log p~_ik (noisy-path prediction,
-  op ``soft_cross_entropy``) + sum_l w_l mse(z^_l, z_l): reconstruction of the
-  input (w = 1) and of each hidden layer h^1, h^2 (w = ``hidden_weight`` 0.1),
-  each normalised by its size (op ``mse`` is the mean).  The hidden targets are
-  the clean-path activations; the gradient flows through both sides (the
-  objective as written; the released Theano code does not stop it).
-- Targets from the clean path (Algorithm 1 line 5): ``target="paper"``:
-  q_ik proportional to p_ik / (sum_i' p_i'k)^(1/2); ``target="code"``:
-  p_ik^2 / sum_i' p_i'k (the released code); rows normalised.  The balance
-  prior KL(f||u) enters through this closed-form target.
-- Training: the denoising autoencoder is pretrained on the reconstruction
-  loss alone (``pretrain_epochs``), then the joint loss; targets are
-  recomputed on all data after every epoch, and training stops when the
-  fraction of changed target argmax is below ``tol``.  Adam lr 1e-4, batch 100.
-- Dropout masks are drawn from the estimator's Generator (saved in the
-  training state), not by the layers.
+  s2 + tanh (x^).
+- Softmax head p_ik proportional to exp(theta_k^T z_i + b_k) (``build_eml``).
+- Reconstruction loss (``loss_recons``): mse(x^, x) + ``hidden_weight`` (0.1) x
+  [mse(h^1, h_1) + mse(h^2, h_2)], each a mean; the hidden targets are the clean
+  path's activations and the gradient flows through both sides (Theano does not
+  stop it).  Clustering loss: -(1/N) sum q_ik log p~_ik on the noisy prediction.
+
+Training, the released protocol (the step numbers of ``functions.py``):
+
+1. ``pretrain`` (``train_depict_ae``): Adam 1e-4, batch 100, reconstruction only, on
+   a 90% split; after every epoch the clean reconstruction loss of the held-out
+   10% is measured, the best weights kept, and training stops after
+   ``pretrain_patience`` (100) epochs without improvement (cap ``pretrain_epochs``,
+   4000); the best weights are restored.  The released split is stratified by the
+   true labels; nbclust never sees labels, so its split is a random one.
+2. Initial clustering (``clustering``) of the clean embedding: ``init="acpic"``
+   (:class:`nbclust.ACPIC`, K = 20, a = 1, z = 0.01; the released choice for
+   MNIST-test and USPS), ``"kmeans"`` (n_init 40; the released choice for
+   MNIST-full, FRGC, YTF, CMU-PIE) or given labels (an array of N ints).
+   Head: ``head_init="unit"`` sets theta_k = c_k / ||c_k||, b = 0 (c_k the
+   cluster means of z; the k-means branch of the released code; its AC-PIC branch
+   divides the transposed centre matrix column-wise, which equals this only for
+   a symmetric centre matrix, a slip we do not copy: the warm-up retrains the head
+   either way).  ``"distance"`` sets theta_k = c_k, b_k = -||c_k||^2 / 2, so
+   that argmax_k is the nearest centre at the start.
+3. ``warmup`` (``train_depict``, init): reconstruction + cross-entropy against the
+   hard initial labels, a fresh Adam 1e-4, on the 90% split; after every epoch
+   the NMI between the clean argmax and the initial labels on the held-out 10%;
+   stop after more than ``warmup_patience`` (5) epochs without improvement (cap
+   ``warmup_epochs``, 1000) and restore the best weights.
+4. ``cluster`` (Algorithm 1): targets from the clean predictions P,
+   ``target="code"``: q_ik proportional to p_ik^2 / f_k, f_k = sum_i p_ik (the released
+   ``pred_normalizition_flag``); ``target="paper"``: p_ik / f_k^(1/2) (Algorithm 1
+   line 5; on a near-uniform P it gives Q close to P and almost no gradient);
+   rows normalised.  Each batch takes a step on reconstruction + cross-entropy
+   with the current targets (a fresh Adam 1e-4), then its clean predictions are
+   recorded with the updated weights; at the end of the epoch the recorded P
+   gives the next targets, and training stops when the mean squared change of the
+   targets between two epochs falls below ``tol`` (1e-7; the first epoch is
+   compared with zeros in the released code, so it never stops there), cap
+   ``epochs`` (4000).
+- Dropout noise: ``noise="per-term"`` draws a separate corruption for each of the
+  four loss terms (x, h^1, h^2 reconstruction and the prediction), as the released
+  code does (each ``get_output`` call builds its own dropout masks), at the cost of
+  four noisy passes; ``"shared"`` uses one noisy pass for every term.
+- Every random number (splits, masks, batches, k-means seeds) comes from the
+  estimator's Generator.
+
+``weights``: start from pretrained weights and skip step 1: a path to an ``.npz``
+(or a mapping) with the authors' Lasagne arrays (``conv1_W`` ... ``deconv1_b``, see
+:func:`lasagne_state`).  The released ``results/DEPICT/params`` checkpoint of
+MNIST-test is such a file.
+
+Cost: the released protocol runs until its stopping rules fire: on MNIST-test
+(10000 images, 2 cpu cores) one pretraining epoch takes about 8 s, and the authors'
+pretraining ran hundreds of epochs (hours here; minutes on a GPU), the warm-up
+and clustering stages tens of epochs at about 20 s (``per-term`` noise).
 
 Other image sizes: the layers stay the same; each transposed convolution gets
 the ``output_padding`` (0 or 1) that restores its encoder input size
@@ -46,11 +80,17 @@ an image is argmax_k theta_k^T z + b_k (z the clean embedding), also for ``label
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 
 _TARGETS = ("paper", "code")
+_INITS = ("acpic", "kmeans")
+_HEAD_INITS = ("unit", "distance")
+_NOISE = ("per-term", "shared")
+_TERMS = ("rec_x", "rec_h1", "rec_h2", "cluster")
 
 
 def depict_target(p: np.ndarray, kind: str) -> np.ndarray:
@@ -58,6 +98,27 @@ def depict_target(p: np.ndarray, kind: str) -> np.ndarray:
     col = p.sum(axis=0, keepdims=True)
     q = p / np.sqrt(col) if kind == "paper" else p**2 / col
     return q / q.sum(axis=1, keepdims=True)
+
+
+def lasagne_state(arrays) -> dict:
+    """The authors' Lasagne arrays as nbclust state dicts ``{module: {key: array}}``.
+
+    Lasagne's Conv2DLayer and Deconv2DLayer convolve (``flip_filters=True``), so
+    every kernel is flipped for nbclust's cross-correlation; dense weights are
+    (in, out) there and (out, in) here.  Deconv weights are (in, out, kh, kw) in both.
+    """
+    flip = lambda w: np.ascontiguousarray(np.asarray(w)[..., ::-1, ::-1])  # noqa: E731
+    try:
+        return {
+            "enc1": {"0.weight": flip(arrays["conv1_W"]), "0.bias": arrays["conv1_b"]},
+            "enc2": {"0.weight": flip(arrays["conv2_W"]), "0.bias": arrays["conv2_b"]},
+            "enc3": {"1.weight": np.asarray(arrays["enc_dense_W"]).T, "1.bias": arrays["enc_dense_b"]},
+            "dec3": {"0.weight": np.asarray(arrays["dec_dense_W"]).T, "0.bias": arrays["dec_dense_b"]},
+            "dec2": {"0.weight": flip(arrays["deconv2_W"]), "0.bias": arrays["deconv2_b"]},
+            "dec1": {"0.weight": flip(arrays["deconv1_W"]), "0.bias": arrays["deconv1_b"]},
+        }
+    except KeyError as e:
+        raise ValueError(f"weights: missing the Lasagne array {e.args[0]!r}") from None
 
 
 def _out_pad(size_in: int, size_out: int, k: int, s: int, pad: int) -> int:
@@ -68,7 +129,7 @@ def _out_pad(size_in: int, size_out: int, k: int, s: int, pad: int) -> int:
 class DEPICTNet:
     """Encoders (noisy/clean, shared weights), decoder and softmax head; the loss with its gradients."""
 
-    def __init__(self, image_shape, n_clusters, *, dropout=0.1, hidden_weight=0.1,
+    def __init__(self, image_shape, n_clusters, *, dropout=0.1, hidden_weight=0.1, noise="per-term",
                  backend="cpu", dtype=np.float32, rng=None):
         from nbclust import nn
 
@@ -88,7 +149,11 @@ class DEPICTNet:
         self.dec1 = nn.Sequential(nn.ConvTranspose2d(50, C, 4, stride=2, output_padding=op1, **kw), nn.Tanh(**kw))
         self.head = nn.Linear(K, K, **kw)
         self.clean = [m.shared_copy() for m in (self.enc1, self.enc2, self.enc3)]
-        self.dropout, self.hidden_weight = dropout, hidden_weight
+        noisy = [self.enc1, self.enc2, self.enc3, self.dec3, self.dec2, self.dec1, self.head]
+        # one set of shared-weight copies per noisy pass: each keeps its own forward context
+        n_pass = len(_TERMS) if noise == "per-term" else 1
+        self.passes = [noisy] + [[m.shared_copy() for m in noisy] for _ in range(n_pass - 1)]
+        self.dropout, self.hidden_weight, self.noise = dropout, hidden_weight, noise
         self.b, self.dtype = self.enc1._backend, np.dtype(dtype)
 
     @property
@@ -103,7 +168,19 @@ class DEPICTNet:
             h = m.forward(h)
         return h
 
-    def draw_masks(self, shape, rng: np.random.Generator) -> tuple:
+    def reconstruction_error(self, x) -> float:
+        """The clean path's reconstruction loss (the released ``loss_recons_clean``), forward only."""
+        mse = self.b.op("mse").forward
+        xs = 2 * x - 1
+        h1 = self.clean[0].forward(xs)
+        h2 = self.clean[1].forward(h1)
+        r2 = self.dec3.forward(self.clean[2].forward(h2))
+        r1 = self.dec2.forward(r2)
+        xr = self.dec1.forward(r1)
+        w = self.hidden_weight
+        return float(mse(xr, xs)[0]) + w * float(mse(r1, h1)[0]) + w * float(mse(r2, h2)[0])
+
+    def _masks(self, shape, rng: np.random.Generator) -> tuple:
         """Dropout masks (input, first hidden layer) for a batch of image ``shape`` (N, C, H, W)."""
         h1 = (shape[0], 50, (shape[2] - 4) // 2 + 1, (shape[3] - 4) // 2 + 1)
         return tuple(self.b.asarray(rng.random(s) >= self.dropout, dtype=self.dtype) for s in (shape, h1))
@@ -111,129 +188,343 @@ class DEPICTNet:
     def _drop(self, x, mask):
         return self.b.op("dropout").forward(x, mask, p=self.dropout)
 
-    def loss(self, x, masks, q=None):
+    def _noisy_forward(self, mods, xs, masks, terms):
+        """One corrupted pass through the copies ``mods``, computing the outputs ``terms`` need."""
+        e1, e2, e3, d3, d2, d1, head = mods
+        x0, _ = self._drop(xs, masks[0])
+        h1, ctx1 = self._drop(e1.forward(x0), masks[1])
+        z = e3.forward(e2.forward(h1))
+        out = {}
+        if {"rec_x", "rec_h1", "rec_h2"} & terms:
+            out["rec_h2"] = d3.forward(z)
+        if {"rec_x", "rec_h1"} & terms:
+            out["rec_h1"] = d2.forward(out["rec_h2"])
+        if "rec_x" in terms:
+            out["rec_x"] = d1.forward(out["rec_h1"])
+        if "cluster" in terms:
+            out["cluster"] = head.forward(z)
+        return {t: out[t] for t in terms}, ctx1
+
+    def _noisy_backward(self, mods, grads, ctx1):
+        """Back through one noisy pass; ``grads`` maps each of its outputs to d loss / d output."""
+        e1, e2, e3, d3, d2, d1, head = mods
+
+        def add(a, b):
+            return b if a is None else a + b
+
+        g1 = grads.get("rec_h1")
+        if "rec_x" in grads:
+            g1 = add(g1, d1.backward(grads["rec_x"]))
+        g2 = grads.get("rec_h2")
+        if g1 is not None:
+            g2 = add(g2, d2.backward(g1))
+        g_z = None if g2 is None else d3.backward(g2)
+        if "cluster" in grads:
+            g_z = add(g_z, head.backward(grads["cluster"]))
+        g_h1 = e2.backward(e3.backward(g_z))
+        e1.backward(self.b.op("dropout").backward(g_h1, ctx1)[0], input_grad=False)
+
+    def loss(self, x, rng: np.random.Generator, q=None):
         """Terms of the loss on the batch ``x``; accumulates every parameter gradient.
 
         ``q=None`` (pretraining): reconstruction only; else plus the clustering
         cross-entropy of the noisy prediction against the targets ``q`` (N, K).
+        Masks are drawn from ``rng``: one corruption per term (``per-term``) or one in all.
         """
         xs, ones = 2 * x - 1, self.b.xp.ones((), dtype=self.dtype)
-        c1, c2, c3 = self.clean
+        c1, c2, _ = self.clean
         h1c = c1.forward(xs)
         h2c = c2.forward(h1c)
-        x0, _ = self._drop(xs, masks[0])
-        h1n, ctx1 = self._drop(self.enc1.forward(x0), masks[1])
-        zn = self.enc3.forward(self.enc2.forward(h1n))
-        r2 = self.dec3.forward(zn)
-        r1 = self.dec2.forward(r2)
-        xr = self.dec1.forward(r1)
-        w = self.hidden_weight
-        terms, grads = {}, {}
-        for name, (pred, target), weight in (("rec_x", (xr, xs), 1.0), ("rec_h1", (r1, h1c), w),
-                                             ("rec_h2", (r2, h2c), w)):
-            val, ctx = self.b.op("mse").forward(pred, target)
-            gp, gt = self.b.op("mse").backward(ones * weight, ctx)
-            terms[name], grads[name] = weight * float(val), (gp, gt)
-        g_z = self.dec3.backward(self.dec2.backward(self.dec1.backward(grads["rec_x"][0]) + grads["rec_h1"][0])
-                                 + grads["rec_h2"][0])
-        if q is not None:
-            logits = self.head.forward(zn)
-            val, ctx = self.b.op("soft_cross_entropy").forward(logits, q)
-            terms["cluster"] = float(val)
-            g_z = g_z + self.head.backward(self.b.op("soft_cross_entropy").backward(ones, ctx)[0])
-        g_h1n = self.enc2.backward(self.enc3.backward(g_z))
-        self.enc1.backward(self.b.op("dropout").backward(g_h1n, ctx1)[0], input_grad=False)
-        c1.backward(c2.backward(grads["rec_h2"][1]) + grads["rec_h1"][1], input_grad=False)
-        terms["loss"] = sum(terms.values())
-        return terms
+        terms = [t for t in _TERMS if q is not None or t != "cluster"]
+        groups = [[t] for t in terms] if len(self.passes) > 1 else [terms]
+        targets = {"rec_x": (xs, 1.0), "rec_h1": (h1c, self.hidden_weight), "rec_h2": (h2c, self.hidden_weight)}
+        values, g_h1c, g_h2c = {}, 0, 0
+        for mods, group in zip(self.passes, groups):
+            out, ctx1 = self._noisy_forward(mods, xs, self._masks(x.shape, rng), set(group))
+            grads = {}
+            for t in group:
+                if t == "cluster":
+                    val, ctx = self.b.op("soft_cross_entropy").forward(out[t], q)
+                    grads[t] = self.b.op("soft_cross_entropy").backward(ones, ctx)[0]
+                    values[t] = float(val)
+                    continue
+                target, weight = targets[t]
+                val, ctx = self.b.op("mse").forward(out[t], target)
+                grads[t], g_target = self.b.op("mse").backward(ones * weight, ctx)
+                values[t] = weight * float(val)
+                if t == "rec_h1":
+                    g_h1c = g_h1c + g_target
+                elif t == "rec_h2":
+                    g_h2c = g_h2c + g_target
+            self._noisy_backward(mods, grads, ctx1)
+        c1.backward(c2.backward(g_h2c) + g_h1c, input_grad=False)
+        values["loss"] = sum(values.values())
+        return values
 
 
 class DEPICT(AutoencoderMixin, DeepClusterer):
-    """DEPICT (Ghasedi Dizaji et al., ICCV 2017); see the module docstring."""
+    """DEPICT (Ghasedi Dizaji et al., ICCV 2017) as its released code runs it; see the module docstring.
 
-    _state_attrs = ("target_",)
+    Parameters
+    ----------
+    n_clusters : int, default=10
+    backend : {"cpu", "reference", "cuda"}, default="cpu"
+    random_state : int or None, default=None
+    verbose : int, default=0
+    target : {"code", "paper"}, default="code"
+        Target distribution: p^2 / f (released code) or p / f^(1/2) (Algorithm 1).
+    init : {"acpic", "kmeans"} or array of N ints, default="acpic"
+        Initial clustering of the pretrained clean embedding, or given labels.
+    head_init : {"unit", "distance"}, default="unit"
+    noise : {"per-term", "shared"}, default="per-term"
+    weights : str, path or mapping, default=None
+        Pretrained autoencoder in the authors' Lasagne layout; skips pretraining.
+    dropout : float, default=0.1
+    hidden_weight : float, default=0.1
+    pretrain_epochs : int, default=4000
+        Cap of the pretraining epochs (early stopping on the held-out reconstruction).
+    pretrain_patience : int, default=100
+    warmup_epochs : int, default=1000
+        Cap of the warm-up epochs on the hard initial labels.
+    warmup_patience : int, default=5
+    epochs : int, default=4000
+        Cap of the clustering epochs.
+    batch_size : int, default=100
+    lr : float, default=1e-4
+        Adam step size of every stage.
+    tol : float, default=1e-7
+        Stop clustering when the targets' mean squared change between epochs is below it.
+    validation_fraction : float, default=0.1
+    """
+
+    _state_attrs = ("target_", "init_labels_", "val_idx_", "best_params_", "p_epoch_")
+    _state_meta = ("best_score_", "since_best_")
     _min_size = 4  # the k4 s2 valid convolution
 
-    def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0,
-                 target="paper", dropout=0.1, hidden_weight=0.1, pretrain_epochs=50, epochs=50,
-                 batch_size=100, lr=1e-4, tol=0.001):
+    def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0, target="code",
+                 init="acpic", head_init="unit", noise="per-term", weights=None, dropout=0.1,
+                 hidden_weight=0.1, pretrain_epochs=4000, pretrain_patience=100, warmup_epochs=1000,
+                 warmup_patience=5, epochs=4000, batch_size=100, lr=1e-4, tol=1e-7, validation_fraction=0.1):
         self.n_clusters = n_clusters
         self.backend = backend
         self.random_state = random_state
         self.verbose = verbose
         self.target = target
+        self.init = init
+        self.head_init = head_init
+        self.noise = noise
+        self.weights = weights
         self.dropout = dropout
         self.hidden_weight = hidden_weight
         self.pretrain_epochs = pretrain_epochs
+        self.pretrain_patience = pretrain_patience
+        self.warmup_epochs = warmup_epochs
+        self.warmup_patience = warmup_patience
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
         self.tol = tol
+        self.validation_fraction = validation_fraction
 
+    # ------------------------------------------------------------ parameters
     def _check_params(self):
-        if self.target not in _TARGETS:
-            raise ValueError(f"target must be one of {', '.join(_TARGETS)}, got {self.target!r}")
+        for name, choices in (("target", _TARGETS), ("head_init", _HEAD_INITS), ("noise", _NOISE)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if isinstance(self.init, str):
+            if self.init not in _INITS:
+                raise ValueError(f"init must be one of {', '.join(_INITS)} or an array of labels, got {self.init!r}")
+        else:
+            labels = np.asarray(self.init)
+            if labels.ndim != 1 or labels.dtype.kind not in "iu":
+                raise ValueError(f"init labels must be a 1-D integer array, got shape {labels.shape} of {labels.dtype}")
+            if labels.min() < 0 or labels.max() >= self.n_clusters:
+                raise ValueError(f"init labels must lie in [0, n_clusters={self.n_clusters})")
         if not (isinstance(self.dropout, (int, float, np.floating)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         hw = self.hidden_weight
         if not (isinstance(hw, (int, float, np.floating)) and np.isfinite(hw) and hw >= 0):
             raise ValueError(f"hidden_weight must be a finite number >= 0, got {hw!r}")
+        for name in ("pretrain_patience", "warmup_patience", "warmup_epochs"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        vf = self.validation_fraction
+        if not (isinstance(vf, (int, float, np.floating)) and 0 < vf < 1):
+            raise ValueError(f"validation_fraction must be in (0, 1), got {vf!r}")
+        if self.weights is not None and not isinstance(self.weights, (str, os.PathLike, dict)):
+            raise ValueError(f"weights must be a path or a mapping of arrays, got {type(self.weights).__name__}")
 
+    def fit(self, X, y=None, **kwargs):
+        n = len(X)
+        if not isinstance(self.init, str) and len(self.init) != n:
+            raise ValueError(f"init has {len(self.init)} labels for {n} images")
+        return super().fit(X, y, **kwargs)
+
+    # --------------------------------------------------------------- network
     def _build(self, image_shape):
-        self.net_ = DEPICTNet(image_shape, self.n_clusters, dropout=self.dropout,
-                              hidden_weight=self.hidden_weight, backend=self.backend,
-                              dtype=self._dtype, rng=self._rng)
+        self.net_ = DEPICTNet(image_shape, self.n_clusters, dropout=self.dropout, hidden_weight=self.hidden_weight,
+                              noise=self.noise, backend=self.backend, dtype=self._dtype, rng=self._rng)
+        if self.weights is not None:
+            arrays = self.weights if isinstance(self.weights, dict) else np.load(self.weights)
+            for name, state in lasagne_state(arrays).items():
+                self.net_.modules[name].load_state_dict(state)
         return self.net_.modules
 
     def _phases(self):
-        return [("pretrain", self.pretrain_epochs), ("cluster", self.epochs)]
+        pretrain = 0 if self.weights is not None else self.pretrain_epochs
+        return [("pretrain", pretrain), ("warmup", self.warmup_epochs), ("cluster", self.epochs)]
 
     def _make_optimizers(self, phase):
         from nbclust.optim import Adam
 
-        names = list(self.modules_) if phase == "cluster" else [n for n in self.modules_ if n != "head"]
+        names = [n for n in self.modules_ if phase != "pretrain" or n != "head"]
         return {"adam": Adam([p for n in names for p in self.modules_[n].parameters()], lr=self.lr)}
+
+    def _batches(self, n):
+        """Shuffled batches of the 90% split (pretrain, warm-up) or of all images (cluster)."""
+        if self.phase_ == "cluster":
+            return super()._batches(n)
+        train = np.setdiff1d(np.arange(n), self.val_idx_)
+        perm = train[self._rng.permutation(len(train))]
+        return [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
+
+    # ------------------------------------------------------------- helpers
+    def _params(self):
+        return [p for m in self.modules_.values() for p in m.parameters()]
+
+    def _snapshot(self):
+        """Every weight, flattened: the best weights of a stage (kept in the training state)."""
+        b = self._backend
+        return np.concatenate([b.to_numpy(p.data).ravel() for p in self._params()])
+
+    def _restore_best(self):
+        if self.best_params_ is None:
+            return
+        start = 0
+        for p in self._params():
+            n = int(np.prod(p.shape))
+            p.data[...] = self._backend.asarray(self.best_params_[start : start + n].reshape(p.shape), self._dtype)
+            start += n
+
+    def _track_best(self, score, higher_is_better, patience):
+        """Keep the weights of the best held-out ``score``; converge after ``patience`` epochs without one."""
+        better = score > self.best_score_ if higher_is_better else score < self.best_score_
+        if better:
+            self.best_score_, self.since_best_, self.best_params_ = float(score), 0, self._snapshot()
+        else:
+            self.since_best_ += 1
+        self.converged_ = self.since_best_ > patience
 
     def _logits(self, Z) -> np.ndarray:
         b = self._backend
         head = self.net_.head
         return Z @ b.to_numpy(head.weight.data).T.astype(np.float64) + b.to_numpy(head.bias.data)
 
-    def _predictions(self, X) -> np.ndarray:
-        """Clean-path P (N, K) in float64."""
-        logits = self._logits(self._embed_all(X))
-        logits -= logits.max(axis=1, keepdims=True)
+    def _softmax(self, logits) -> np.ndarray:
+        logits = logits - logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
+
+    def _predictions(self, X) -> np.ndarray:
+        """Clean-path P (N, K) in float64."""
+        return self._softmax(self._logits(self._embed_all(X)))
 
     def _set_centres(self, theta):
         self.cluster_centers_ = np.array(theta, dtype=np.float64)
 
+    def _initial_labels(self, Z):
+        """Step 2: the initial partition and its centres."""
+        if not isinstance(self.init, str):
+            labels = np.asarray(self.init, dtype=np.int64)
+        elif self.init == "kmeans":
+            km = self._kmeans(Z, n_init=40)
+            return km.labels_.astype(np.int64), km.cluster_centers_
+        else:
+            from nbclust.acpic import ACPIC
+
+            labels = ACPIC(self.n_clusters).fit_predict(Z).astype(np.int64)
+        centres = np.stack([Z[labels == k].mean(0) if np.any(labels == k) else np.zeros(Z.shape[1])
+                            for k in range(self.n_clusters)])
+        return labels, centres
+
+    def _val_nmi(self, X) -> float:
+        from nbclust.metrics import nmi
+
+        v = self.val_idx_
+        return nmi(self.init_labels_[v], np.argmax(self._predictions(X[v]), axis=1))
+
+    # ------------------------------------------------------------ the stages
     def _start_phase(self, phase, X):
-        if phase != "cluster":
+        if phase == "pretrain":  # step 1: the held-out 10%
+            n = X.shape[0]
+            n_val = max(1, int(round(self.validation_fraction * n)))
+            self.val_idx_ = np.sort(self._rng.permutation(n)[:n_val])
+            self.best_score_, self.since_best_, self.best_params_ = np.inf, 0, None
             return
-        km = self._kmeans(self._embed_all(X))
-        c = km.cluster_centers_
-        self.net_.head.weight.data[...] = self._backend.asarray(c, dtype=self._dtype)
-        self.net_.head.bias.data[...] = self._backend.asarray(-0.5 * (c**2).sum(1), dtype=self._dtype)
-        self._set_centres(km.cluster_centers_)
-        self.target_ = np.eye(self.n_clusters)[km.labels_]  # Algorithm 1 line 1: Q from k-means
+        self._restore_best()  # the previous stage's best weights
+        if phase == "warmup":  # steps 2-3
+            Z = self._embed_all(X)
+            labels, c = self._initial_labels(Z)
+            if self.head_init == "unit":
+                theta, bias = c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12), np.zeros(len(c))
+            else:
+                theta, bias = c, -0.5 * (c**2).sum(1)
+            self.net_.head.weight.data[...] = self._backend.asarray(theta, dtype=self._dtype)
+            self.net_.head.bias.data[...] = self._backend.asarray(bias, dtype=self._dtype)
+            self._set_centres(theta)
+            self.init_labels_ = labels
+            self.target_ = np.eye(self.n_clusters)[labels]
+            self.best_score_, self.since_best_, self.best_params_ = self._val_nmi(X), 0, self._snapshot()
+            return
+        # step 4 (cluster): epoch 0 targets from the clean predictions
+        self.target_ = depict_target(self._predictions(X), self.target)
+        self.best_params_, self._pending = None, None
+        self.p_epoch_ = np.zeros_like(self.target_)
+
+    def _record_pending(self, X):
+        """Clean predictions of the last batch, with the weights its step produced."""
+        idx = getattr(self, "_pending", None)
+        if idx is not None:
+            self._set_mode(False)
+            z = self._backend.to_numpy(self._embed(X[idx])).astype(np.float64)
+            self._set_mode(True)
+            self.p_epoch_[idx] = self._softmax(self._logits(z))
+            self._pending = None
 
     def _batch_step(self, phase, X, idx):
-        xb = X[idx]
-        masks = self.net_.draw_masks(xb.shape, self._rng)
-        q = None if phase == "pretrain" else self._backend.asarray(self.target_[idx], dtype=self._dtype)
-        return self.net_.loss(xb, masks, q)
+        q = None
+        if phase == "cluster":
+            self._record_pending(X)
+            self._pending = idx
+        if phase != "pretrain":
+            q = self._backend.asarray(self.target_[idx], dtype=self._dtype)
+        return self.net_.loss(X[idx], self._rng, q)
 
     def _end_epoch(self, phase, X):
-        if phase != "cluster":
-            return {}
+        if phase == "pretrain":
+            v = self.val_idx_
+            self._set_mode(False)
+            err = sum(self.net_.reconstruction_error(X[v[i : i + 500]]) * len(v[i : i + 500])
+                      for i in range(0, len(v), 500)) / len(v)
+            self._set_mode(True)
+            self._track_best(err, False, self.pretrain_patience)
+            return {"val_rec": err}
+        if phase == "warmup":
+            score = self._val_nmi(X)
+            self._track_best(score, True, self.warmup_patience)
+            self._set_centres(self._backend.to_numpy(self.net_.head.weight.data))
+            return {"val_nmi": score}
+        self._record_pending(X)
         self._set_centres(self._backend.to_numpy(self.net_.head.weight.data))
-        old = self.target_.argmax(axis=1)
-        self.target_ = depict_target(self._predictions(X), self.target)
-        changed = float(np.mean(self.target_.argmax(axis=1) != old))
-        self.converged_ = changed < self.tol
-        return {"changed": changed}
+        new = depict_target(self.p_epoch_, self.target)
+        change = float(np.mean((new - self.target_) ** 2))
+        self.converged_ = self.phase_epoch_ > 0 and change < self.tol
+        self.target_ = new
+        return {"target_mse": change}
+
+    def _after_load(self):
+        self._pending = None
 
     def _embed(self, xb):
         return self.net_.embed(xb)
