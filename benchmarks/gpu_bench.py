@@ -53,6 +53,7 @@ def _op_configs(n: int) -> dict:
         "softmax": ("softmax", (r.normal(size=(n, 10)),), {}),
         "mse": ("mse", (x28, r.normal(size=x28.shape)), {}),
         "bce": ("bce", (1 / (1 + np.exp(-x28)), r.uniform(size=x28.shape)), dict(eps=1e-7)),
+        "bce_with_logits": ("bce_with_logits", (x28, r.uniform(size=x28.shape)), {}),
         "dbc_kl": ("dbc_kl", (r.normal(size=(n, 120)), r.normal(size=(10, 120)), probs), dict(v=1.0)),
         "neg_logdet 3x1x9x9": ("neg_logdet", (r.normal(size=(3, 1, 9, 9)),), {}),
     }

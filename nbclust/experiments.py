@@ -44,6 +44,7 @@ RUNS = {
     "dctl-2l-joint": ("dctl", {"n_layers": 2, "joint": True}),
     "dctl-1l-joint": ("dctl", {"n_layers": 1, "joint": True}),
     "dctl-2l-piecemeal": ("dctl", {"n_layers": 2, "joint": False}),
+    "dctl-1l-piecemeal": ("dctl", {"n_layers": 1, "joint": False}),
 }
 DATASETS = ("mnist-test", "yaleb", "mnist-full", "fashion-mnist")
 SMALL = ("mnist-test", "yaleb")  # >= 3 seeds; the 70000-image sets get one
@@ -58,6 +59,7 @@ BUDGET = {
     "dctl-2l-joint": {"epochs": 10},
     "dctl-1l-joint": {"epochs": 10},
     "dctl-2l-piecemeal": {"epochs": 10},
+    "dctl-1l-piecemeal": {"epochs": 10},
 }
 SMOKE = {"n_images": 2000, "runs": {"kmeans": {"n_init": 5}, "dbc": {"pretrain_epochs": 20, "epochs": 5, "batch_size": 64}},
          "thresholds": {"dbc": 0.50}, "margin_over_kmeans": -0.05}

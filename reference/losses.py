@@ -87,6 +87,33 @@ def bce_backward(grad_out, ctx):
     return g.astype(pred.dtype, copy=False), None
 
 
+def bce_with_logits_forward(logits, target):
+    """mean(max(a, 0) - a t + log1p(exp(-|a|))), a = logits: ``bce`` of sigmoid(a), fused.
+
+    The term is -(t log s + (1-t) log(1-s)) with s = sigmoid(a), written without
+    s: log s = -softplus(-a), log(1-s) = -softplus(a), softplus(a) - softplus(-a) = a
+    and softplus(a) = max(a, 0) + log1p(exp(-|a|)) (exp never overflows).  No clamp,
+    so d/da = (sigmoid(a) - t) / n everywhere: a saturated sigmoid (|a| ~ 40, where
+    ``bce`` clamps sigmoid(a) and its gradient is 0) still gets ~(1 - t) or ~-t.
+    The target is constant, as in ``bce`` (torch would give d/dt = -a / n).
+    """
+    xp = array_module(logits)
+    spec.check_same_shape("bce_with_logits", logits, target, "logits,target")
+    if logits.size == 0:
+        raise ValueError("bce_with_logits: logits is empty")
+    value = xp.mean(xp.maximum(logits, 0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits))))
+    return loss_value(value, logits), (logits, target)
+
+
+def bce_with_logits_backward(grad_out, ctx):
+    logits, target = ctx
+    xp = array_module(logits)
+    e = xp.exp(-xp.abs(logits))  # in (0, 1]: sigmoid(a) = 1/(1+e) for a >= 0, e/(1+e) below
+    s = xp.where(logits >= 0, 1, e) / (1 + e)
+    g = (s - target) * (scalar(grad_out, logits) / logits.size)
+    return g.astype(logits.dtype, copy=False), None
+
+
 def kl_div_forward(target, pred):
     """KL(target||pred) = (1/N) sum t log(t / p), N = target.shape[0] (batchmean), 0 log 0 = 0.
 
@@ -322,6 +349,7 @@ def balance_kl_backward(grad_out, ctx):
 OPS = {
     "mse": (mse_forward, mse_backward),
     "bce": (bce_forward, bce_backward),
+    "bce_with_logits": (bce_with_logits_forward, bce_with_logits_backward),
     "kl_div": (kl_div_forward, kl_div_backward),
     "soft_cross_entropy": (soft_cross_entropy_forward, soft_cross_entropy_backward),
     "student_t": (student_t_forward, student_t_backward),

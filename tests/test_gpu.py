@@ -200,6 +200,27 @@ def test_simulated_validation_errors(sim):
 
 # ------------------------------------------------------------------ NVRTC (CuPy installed, no GPU needed)
 
+def _nvrtc_arch(nvrtc) -> int:
+    """The oldest virtual architecture this NVRTC accepts (CUDA 13 rejects those below 75)."""
+    try:
+        return min(int(a) for a in nvrtc.getSupportedArchs())
+    except (AttributeError, ValueError):  # an NVRTC too old to list them accepts 75
+        return 75
+
+
+def test_nvrtc_arch_is_asked_of_nvrtc():
+    class Nvrtc13:
+        @staticmethod
+        def getSupportedArchs():
+            return (120, 75, 89, 100)
+
+    class Old:
+        pass
+
+    assert _nvrtc_arch(Nvrtc13) == 75
+    assert _nvrtc_arch(Old) == 75
+
+
 def test_elementwise_bodies_compile_with_nvrtc():
     pytest.importorskip("cupy")
     try:
@@ -208,9 +229,10 @@ def test_elementwise_bodies_compile_with_nvrtc():
         nvrtc.getVersion()
     except Exception as exc:  # NVRTC library absent
         pytest.skip(f"NVRTC unavailable: {exc}")
-    from nbclust.kernels.gpu import pointwise
+    from nbclust.kernels.gpu import losses, pointwise
 
-    for kernel in pointwise._K.values():
+    arch = f"-arch=compute_{_nvrtc_arch(nvrtc)}"
+    for kernel in [*pointwise._K.values(), *losses._K.values()]:
         ins = [p.name for p in kernel.in_params]
         for ctype in ("float", "double"):
             src = (f"typedef {ctype} T;\nextern \"C\" __global__ void k("
@@ -220,7 +242,7 @@ def test_elementwise_bodies_compile_with_nvrtc():
                    + f"\n  T out;\n  {kernel.operation}\n  out_[i] = out;\n}}\n")
             prog = nvrtc.createProgram(src, f"{kernel.name}.cu", [], [])
             try:
-                nvrtc.compileProgram(prog, ["-arch=compute_70"])
+                nvrtc.compileProgram(prog, [arch])
             except Exception:
                 pytest.fail(f"{kernel.name} ({ctype}) does not compile:\n{nvrtc.getProgramLog(prog)}")
 

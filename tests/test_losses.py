@@ -167,6 +167,35 @@ def test_bce_clamp(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_bce_with_logits_keeps_the_gradient_where_bce_saturates(backend):
+    """For |a| > ~16.1 sigmoid(a) is within 1e-7 of 0 or 1 (from |a| ~ 37 it rounds to 0 or 1 in
+    float64, from ~17 to 1 in float32), so ``bce`` of sigmoid(a) is clamped: its value is capped at
+    -log(1e-7) ~ 16 per element and its gradient is exactly 0, and chained through sigmoid's
+    p (1 - p) it stays 0 (the old DCAE decoder).  The fused op has the true value
+    softplus(a) - a t and the gradient (sigmoid(a) - t) / n there."""
+    from scipy.special import expit
+
+    a = np.array([40.0, -38.0, 45.0, -50.0, 0.5, -2.0, 800.0, -1000.0])
+    t = np.array([0.2, 0.7, 1.0, 0.0, 0.3, 1.0, 0.0, 1.0])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        value, (g, gt) = _run(backend, "bce_with_logits", a, t)
+    assert gt is None
+    np.testing.assert_allclose(value, np.mean(np.logaddexp(0, a) - a * t), rtol=1e-14)
+    np.testing.assert_allclose(g, (expit(a) - t) / a.size, rtol=1e-14, atol=1e-30)
+    disagree = [0, 1, 6, 7]  # saturated on the side the target does not take
+    assert np.all(np.abs(g[disagree]) >= 0.2 / a.size)
+
+    p = expit(a)
+    old_value, (g_bce, _) = _run(backend, "bce", p, t)
+    assert np.all(g_bce[disagree] == 0)  # the defect: no gradient where it is needed most
+    assert float(old_value) < float(value)  # the clamp also caps the value
+    _, (g_chain,) = run_op(get_backend(backend), OPS["sigmoid"], (a,), {}, g_bce)  # through sigmoid
+    assert np.all(g_chain[disagree] == 0)
+    inside = [4, 5]  # away from saturation the two agree through the chain rule
+    np.testing.assert_allclose(g_chain[inside], g[inside], rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_balance_kl_is_zero_for_balanced_assignments(backend):
     p = np.array([[0.7, 0.1, 0.2], [0.1, 0.3, 0.6], [0.2, 0.6, 0.2]])
     value, (g,) = _run(backend, "balance_kl", p)
@@ -198,6 +227,8 @@ def test_bad_arguments(backend):
     bad = [
         ("mse", (z, mu), {}, "mse: pred has shape"),
         ("bce", (np.full(3, 0.5), np.ones(3)), {"eps": 0.0}, "eps must lie"),
+        ("bce_with_logits", (np.zeros((2, 3)), np.ones(6)), {}, r"bce_with_logits: logits has shape \(2, 3\)"),
+        ("bce_with_logits", (np.zeros((0, 3)), np.zeros((0, 3))), {}, "bce_with_logits: logits is empty"),
         ("student_t", (z, rng.normal(size=(3, 5))), {}, "student_t: z has 2 features but mu has 5"),
         ("student_t", (z, mu), {"v": 0.0}, "degrees of freedom"),
         ("dbc_kl", (z, mu, np.full((4, 3), 0.5)), {}, "rows of r must sum to 1"),

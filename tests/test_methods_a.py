@@ -129,6 +129,25 @@ def test_dcae_step_size_scales_with_pixels():
     assert est.step_size() == 0.006
 
 
+def test_dcae_decoder_outputs_logits_and_reconstruct_applies_the_sigmoid():
+    """E1 is bce_with_logits on the decoder's logits, on the old scale (P x the per-pixel mean)."""
+    from nbclust import nn
+
+    X, _ = toy_images(n_per=3)
+    est = DCAE(4, backend="reference", random_state=0, epochs=1, batch_size=12).fit(X)
+    assert not isinstance(est.modules_["decoder"].layers[-1], nn.Sigmoid)
+    Xd = np.asarray(est._check_X(X, fitted=True), dtype=est._dtype)
+    logits = est.modules_["decoder"](est._embed(Xd)).astype(np.float64)
+    s = 1 / (1 + np.exp(-logits))
+    rec = est.reconstruct(X)
+    assert rec.min() >= 0 and rec.max() <= 1
+    np.testing.assert_allclose(rec, s, rtol=1e-6)
+    terms = est._batch_step("cluster", Xd, np.arange(len(Xd)))
+    x = Xd.astype(np.float64)
+    bce = -np.mean(x * np.log(s) + (1 - x) * np.log1p(-s))
+    np.testing.assert_allclose(terms["E1"], x[0].size * bce, rtol=1e-5)
+
+
 def _digits():
     from sklearn.datasets import load_digits
 

@@ -24,6 +24,7 @@ _SQ = 1  # a^2
 _BCE = 2  # -(b log p + (1 - b) log(1 - p)), p = clamp(a, eps, 1 - eps)
 _KL = 3  # a log(a / b), 0 log 0 = 0 (a: target, b: pred)
 _KL_LOG = 4  # a log a - a b (b: log of the prediction)
+_BCE_LOGITS = 5  # max(a, 0) - a b + log1p(exp(-|a|)) (a: logits, b: target), no clamp
 
 
 @njit(cache=True)
@@ -43,6 +44,8 @@ def _elementwise_sum(kind, a, b, eps):
             elif kind == _BCE:
                 p = min(max(x, eps), 1.0 - eps)
                 acc -= y * math.log(p) + (1.0 - y) * math.log1p(-p)
+            elif kind == _BCE_LOGITS:
+                acc += max(x, 0.0) - x * y + math.log1p(math.exp(-abs(x)))
             elif x != 0.0:  # 0 log 0 = 0
                 acc += x * (math.log(x) - (math.log(y) if kind == _KL else y))
         partial[blk] = acc
@@ -64,6 +67,9 @@ def _elementwise_grad(kind, a, b, eps, scale, out):
             g = 2.0 * x
         elif kind == _BCE:
             g = (x - y) / (x * (1.0 - x)) if eps <= x <= 1.0 - eps else 0.0
+        elif kind == _BCE_LOGITS:
+            e = math.exp(-abs(x))  # sigmoid(x) - y, stable for any |x|
+            g = (1.0 if x >= 0.0 else e) / (1.0 + e) - y
         else:
             g = -x / y
         out[i] = scale * g
@@ -221,6 +227,21 @@ def bce_backward(grad_out, ctx):
     a, b, eps, shape = ctx
     g = np.empty_like(a)
     _elementwise_grad(_BCE, a, b, eps, _scalar(grad_out) / a.size, g)
+    return g.reshape(shape), None
+
+
+def bce_with_logits_forward(logits, target):
+    spec.check_same_shape("bce_with_logits", logits, target, "logits,target")
+    if logits.size == 0:
+        raise ValueError("bce_with_logits: logits is empty")
+    a, b = _flat(logits), _flat(target)
+    return _loss(_elementwise_sum(_BCE_LOGITS, a, b, 0.0) / a.size, logits), (a, b, logits.shape)
+
+
+def bce_with_logits_backward(grad_out, ctx):
+    a, b, shape = ctx
+    g = np.empty_like(a)
+    _elementwise_grad(_BCE_LOGITS, a, b, 0.0, _scalar(grad_out) / a.size, g)
     return g.reshape(shape), None
 
 
@@ -398,6 +419,7 @@ def balance_kl_backward(grad_out, ctx):
 OPS = {
     "mse": (mse_forward, mse_backward),
     "bce": (bce_forward, bce_backward),
+    "bce_with_logits": (bce_with_logits_forward, bce_with_logits_backward),
     "kl_div": (kl_div_forward, kl_div_backward),
     "soft_cross_entropy": (soft_cross_entropy_forward, soft_cross_entropy_backward),
     "student_t": (student_t_forward, student_t_backward),

@@ -1,7 +1,8 @@
 """Network builders of DCAE, DBC's FCAE and DCEC, with their rules for any image size.
 
 Every builder takes ``image_shape = (C, H, W)`` and the layer keywords
-``backend``, ``dtype``, ``rng`` and returns ``(encoder, decoder)`` Sequentials;
+``backend``, ``dtype``, ``rng`` (an int seed or a Generator, turned into one
+Generator shared by all layers) and returns ``(encoder, decoder)`` Sequentials;
 ``decoder(encoder(x))`` has the shape of ``x``.  Kernel sizes are per axis, so
 non-square images work too.
 """
@@ -11,10 +12,15 @@ from __future__ import annotations
 import math
 
 from nbclust import nn
+from nbclust.nn.module import as_generator
 
 
 def _kw(backend, dtype, rng):
-    return {"backend": backend, "dtype": dtype, "rng": rng}
+    """Layer keywords; ``rng`` becomes one Generator that every layer draws from in turn."""
+    return {"backend": backend, "dtype": dtype, "rng": as_generator(rng)}
+
+
+RELU_BIAS = 0.01  # initial bias of the DCAE layers that feed a ReLU (see dcae())
 
 
 def dcae_kernels(side: int) -> tuple[int, int, int]:
@@ -37,8 +43,17 @@ def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", bac
 
     Decoder: dense 250 -> reshape 250x1x1 -> convT (a x a, 4 maps) -> convT (b x b, C maps).
     ``activation="sigmoid"`` (the paper, seed 001: "a standard sigmoid activation function"):
-    sigmoid after every layer.  ``"relu"``: ReLU after the hidden layers, a linear embedding,
-    sigmoid output (kept for the cross-entropy loss).  Xavier-uniform weights, zero biases.
+    sigmoid after every hidden layer and the embedding.  ``"relu"``: ReLU after the hidden
+    layers, a linear embedding.  Either way the decoder's last layer is linear: it returns
+    logits, and the image is their sigmoid, fused into the cross-entropy (op
+    ``bce_with_logits``, Caffe's SigmoidCrossEntropyLoss as in DCAE's base network) so that
+    a saturated output keeps its gradient; ``DCAE.reconstruct`` applies the sigmoid.
+    Xavier-uniform weights; zero biases, except that in the ReLU network every layer followed
+    by a ReLU starts with bias ``RELU_BIAS`` (0.01), the usual guard against dead units: with
+    zero biases the 4-map transposed convolution can turn negative for every sample in the
+    first epoch (digits, seed 0: its ReLU outputs 0 everywhere, the reconstruction is one
+    constant image and ACC stays at 0.32).  Measured on digits, 30 epochs, seeds 0-4: zero
+    biases ACC 0.32-0.79 (one seed dead); 0.01: 0.71-0.79, mean 0.76, no dead layer.
     """
     if activation not in ("sigmoid", "relu"):
         raise ValueError(f"activation must be 'sigmoid' or 'relu', got {activation!r}")
@@ -59,8 +74,13 @@ def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", bac
         nn.Linear(embedding_dim, hidden, **kw), act(),
         nn.Reshape((hidden, 1, 1), **kw),
         nn.ConvTranspose2d(hidden, 4, (ah, aw), **kw), act(),
-        nn.ConvTranspose2d(4, C, (bh, bw), **kw), nn.Sigmoid(**kw),
+        nn.ConvTranspose2d(4, C, (bh, bw), **kw),  # logits: the sigmoid is in the loss
     )
+    if activation == "relu":  # a small positive bias keeps every ReLU unit alive at the start
+        for seq in (enc, dec):
+            for layer, nxt in zip(seq.layers, seq.layers[1:]):
+                if isinstance(nxt, nn.ReLU):
+                    layer.bias.data[...] = RELU_BIAS
     return enc, dec
 
 

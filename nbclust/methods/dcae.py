@@ -15,6 +15,14 @@ eq 6 is re-seeded at the embedding of the sample farthest from its own centre
 Optimiser (seed 001): SGD lr 0.006, momentum 0.9, weight decay 5e-4, batch 100,
 lambda 0.2, Xavier init, zero biases; the paper runs 500 epochs.
 
+The decoder outputs logits a and x^ = sigmoid(a): E1 is the op ``bce_with_logits``
+(max(a, 0) - a x + log1p(exp(-|a|)), Caffe's SigmoidCrossEntropyLoss, which DCAE's
+base network used), times P.  Same value and gradient as ``bce`` of a sigmoid output
+while x^ stays inside [1e-7, 1 - 1e-7]; but ``bce`` clamps x^ there and gives a zero
+gradient where the clamp is active (|a| > ~16), so a pixel saturated on the wrong side
+would never recover, while here it gets d E1 / d a = x^ - x.  ``reconstruct`` applies
+the sigmoid, so it still returns images in [0, 1].
+
 Two deviations, both options (``PAPER`` holds the paper's reading:
 ``DCAE(**DCAE.PAPER)``):
 
@@ -108,18 +116,23 @@ class DCAE(AutoencoderMixin, DeepClusterer):
     def _embed(self, xb):
         return self.modules_["encoder"](xb)
 
+    def _decode(self, z):
+        """x^ = sigmoid(decoder logits), in [0, 1]."""
+        y, _ = self._backend.op("sigmoid").forward(self.modules_["decoder"](z))
+        return y
+
     def _batch_step(self, phase, X, idx):
         enc, dec, b = self.modules_["encoder"], self.modules_["decoder"], self._backend
         x = X[b.asarray(idx)]
         h = enc(x)
-        x_hat = dec(h)
+        logits = dec(h)  # x^ = sigmoid(logits), fused into the loss
         n_pixels = int(np.prod(x.shape[1:]))
-        e1, (g_xhat, _) = self._loss("bce", x_hat, x, eps=1e-7)  # eq 3 (mean), times pixels: sum over p
+        e1, (g_logits, _) = self._loss("bce_with_logits", logits, x)  # eq 3 (mean), times pixels: sum over p
         c = b.asarray(self.cluster_centers_, self._dtype)
         d = (h * h).sum(1)[:, None] - 2 * h @ c.T + (c * c).sum(1)[None, :]
         nearest = b.xp.argmin(d, axis=1).astype(np.int64)  # c*_n (eq 6 with c^{t-1})
         e2, (g_h, _, _) = self._loss("kmeans_compactness", h, c, nearest, lam=self.lam)  # eq 4
-        g_h = g_h + dec.backward(g_xhat * n_pixels)
+        g_h = g_h + dec.backward(g_logits * n_pixels)
         enc.backward(g_h, input_grad=False)
         return {"E1": e1 * n_pixels, "E2": e2, "loss": e1 * n_pixels + e2}
 

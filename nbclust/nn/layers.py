@@ -15,7 +15,7 @@ import numpy as np
 
 from nbclust import convshape
 from nbclust.nn.init import check_init_name, initialize
-from nbclust.nn.module import Module
+from nbclust.nn.module import Module, as_generator
 
 
 def _positive_int(v, name: str) -> int:
@@ -36,6 +36,8 @@ class _Affine(Module):
 
     def _init_params(self, shape, bias: bool, n_bias: int, init: str) -> None:
         check_init_name(init)
+        if self._seed is not None:  # an int seed: this layer's own stream (kind and shape)
+            self.rng = as_generator(self._seed, type(self).__name__, *shape)
         self.weight = self._add_param("weight", initialize(init, shape, self.rng))
         self.bias = self._add_param("bias", np.zeros(n_bias)) if bias else None
 

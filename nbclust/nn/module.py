@@ -15,6 +15,7 @@ needs a :meth:`Module.shared_copy` for the second use.
 from __future__ import annotations
 
 import copy
+import zlib
 
 import numpy as np
 
@@ -40,12 +41,28 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.data.dtype})"
 
 
-def as_generator(rng) -> np.random.Generator:
-    """``rng`` as a numpy Generator (``None``: fresh entropy; an int: a seed)."""
+def is_seed(rng) -> bool:
+    """Whether ``rng`` is an int seed (not a bool)."""
+    return isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)
+
+
+def as_generator(rng, *key) -> np.random.Generator:
+    """``rng`` as a numpy Generator (``None``: fresh entropy; a Generator: itself).
+
+    An int seed is mixed with ``key`` (for a layer: its class name and weight
+    shape) through ``SeedSequence(seed, spawn_key=...)``, so that two different
+    layers built from one int seed draw independent streams instead of
+    copies of one stream; without ``key`` an int gives ``default_rng(seed)``.
+    """
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
+    if rng is None:
+        return np.random.default_rng()
+    if is_seed(rng):
+        if not key:
+            return np.random.default_rng(int(rng))
+        spawn_key = tuple(zlib.crc32(str(k).encode()) for k in key)
+        return np.random.default_rng(np.random.SeedSequence(int(rng), spawn_key=spawn_key))
     raise ValueError(f"rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}")
 
 
@@ -65,7 +82,9 @@ class Module:
     Keyword-only ``backend`` (``"reference"``, ``"cpu"`` or ``"cuda"``),
     ``dtype`` (float32 or float64: parameters and accepted inputs) and ``rng``
     (a numpy Generator or int seed, used for initialisation and dropout masks;
-    pass one Generator to several layers so that they draw different weights).
+    an int seed is mixed with the layer's kind and weight shape, so two
+    different layers never share a stream; pass one Generator to several
+    layers to draw them in sequence from one stream).
 
     A composite module assigns its parts as attributes (found by
     :meth:`children`) and defines ``forward`` and ``backward`` (the parts'
@@ -75,7 +94,8 @@ class Module:
     def __init__(self, *, backend: str = "cpu", dtype=np.float32, rng=None):
         self._backend = get_backend(check_backend_name(backend))
         self.dtype = check_dtype(dtype)
-        self.rng = as_generator(rng)
+        self._seed = int(rng) if is_seed(rng) else None
+        self.rng = as_generator(rng, type(self).__name__)
         self.training = True
         self._params: dict[str, Parameter] = {}
         self._buffers: dict[str, object] = {}

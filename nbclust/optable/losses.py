@@ -120,6 +120,23 @@ def _bce_cases(rng):
     ]
 
 
+def _bce_logits_cases(rng):
+    """Moderate logits, then saturated ones (|a| in [30, 50]): sigmoid(a) is within 1e-7 of 0
+    or 1 there (from |a| ~ 16.1), so ``bce`` of sigmoid(a) is clamped and has a zero gradient,
+    while d/da = sigmoid(a) - t stays ~1 wherever the target disagrees with the saturated side."""
+    sign = np.where(rng.uniform(size=(3, 4)) < 0.5, -1.0, 1.0)
+    saturated = sign * rng.uniform(30, 50, size=(3, 4))
+    target = rng.uniform(0, 1, size=(3, 4))
+    target[0, :2] = (saturated[0, :2] > 0).astype(float)  # agreeing hard targets: gradient ~e^-|a|
+    target[1, :2] = (saturated[1, :2] < 0).astype(float)  # disagreeing hard targets: gradient +-1
+    return [
+        Case((rng.normal(scale=3.0, size=(4, 6)), rng.uniform(0, 1, size=(4, 6))), label="soft targets"),
+        Case((rng.normal(scale=3.0, size=(2, 3, 3)), rng.integers(0, 2, size=(2, 3, 3)).astype(float)),
+             label="binary targets"),
+        Case((saturated, target), label="saturated logits"),
+    ]
+
+
 def _kl_cases(rng):
     t = _rows(rng, 4, 5)
     t[1, 2] = 0.0
@@ -209,6 +226,12 @@ def _torch_bce(pred, target, eps=1e-7):
     return F.binary_cross_entropy(pred.clamp(eps, 1 - eps), target)
 
 
+def _torch_bce_with_logits(logits, target):
+    import torch.nn.functional as F
+
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
 def _torch_kl(target, pred):
     import torch.nn.functional as F
 
@@ -277,6 +300,13 @@ SPECS = [
         "bce", inputs=("pred", "target"), differentiable=("pred",), cases=_bce_cases, torch=_torch_bce,
         doc="mean of -(t log p + (1-t) log(1-p)) with p clamped to [eps, 1-eps] (eps=1e-7); "
             "d/dp = (p - t) / (p (1 - p)) / n inside the clamp, 0 where the clamp is active",
+    ),
+    OpSpec(
+        "bce_with_logits", inputs=("logits", "target"), differentiable=("logits",),
+        cases=_bce_logits_cases, torch=_torch_bce_with_logits,
+        doc="bce of sigmoid(logits) fused and unclamped: mean of max(a,0) - a t + log1p(exp(-|a|)), "
+            "a = logits; d/da = (sigmoid(a) - t) / n, nonzero where sigmoid(a) saturates (Caffe's "
+            "SigmoidCrossEntropyLoss, torch's binary_cross_entropy_with_logits); target constant as in bce",
     ),
     OpSpec(
         "kl_div", inputs=("target", "pred"), differentiable=("pred",), cases=_kl_cases, torch=_torch_kl,
