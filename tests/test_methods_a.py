@@ -169,10 +169,34 @@ def test_dcae_paper_sigmoid_network_collapses_and_default_does_not():
 
 
 def test_dcae_default_clusters_digits():
-    """Measured 0.706 at 30 epochs (the paper's sigmoid network: ~0.48 after 50)."""
+    """Measured 0.718 at 30 epochs (the paper's sigmoid network: ~0.48 after 50)."""
     X, y = _digits()
     est = DCAE(10, random_state=0, epochs=30).fit(X, y)
     assert cluster_acc(y, est.labels_) > 0.65
+
+
+@pytest.mark.parametrize("seed", [0, 5, 6])
+def test_dcae_relu_decoder_keeps_its_four_maps_alive(seed):
+    """The 4-map transposed conv's ReLU is not 0 for every sample (see architectures.dcae).
+
+    Seeds 0 and 6 lose all 4 maps with zero biases, 5 and 6 with bias 0.01 (E1 then stays
+    at ~39.4, a constant reconstruction); with bias 0.1 at most 1 map of 4 dies (seeds 0-19).
+    """
+    from nbclust import nn
+
+    X, _ = _digits()
+    est = DCAE(10, random_state=seed, epochs=2).fit(X)
+    dec = est.modules_["decoder"]
+    i = next(i for i, m in enumerate(dec.layers) if isinstance(m, nn.ConvTranspose2d))
+    assert isinstance(dec.layers[i + 1], nn.ReLU) and dec.layers[i].out_channels == 4
+    Xd = np.asarray(est._check_X(X, fitted=True), dtype=est._dtype)
+    dec.eval()
+    a = est._embed(Xd)
+    for layer in dec.layers[: i + 2]:
+        a = layer.forward(a)
+    dead = int((np.asarray(a).max(axis=(0, 2, 3)) <= 0).sum())
+    assert dead <= 1, f"{dead} of 4 maps dead"
+    assert est.history_[-1]["E1"] < 35  # left the mean-image plateau (~39.4)
 
 
 def test_fcae_objective_gradient():
