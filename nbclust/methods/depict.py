@@ -489,10 +489,7 @@ class DEPICT(AutoencoderMixin, DeepClusterer):
         """Clean predictions of the last batch, with the weights its step produced."""
         idx = getattr(self, "_pending", None)
         if idx is not None:
-            self._set_mode(False)
-            z = self._backend.to_numpy(self._embed(X[idx])).astype(np.float64)
-            self._set_mode(True)
-            self.p_epoch_[idx] = self._softmax(self._logits(z))
+            self.p_epoch_[idx] = self._predictions(X[idx])
             self._pending = None
 
     def _batch_step(self, phase, X, idx):
