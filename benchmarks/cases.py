@@ -24,6 +24,8 @@ import functools
 
 import numpy as np
 
+from nbclust import convshape
+
 # ----------------------------------------------------------------- networks
 
 
@@ -108,7 +110,7 @@ def _layer_key(layer, in_shape) -> str:
     if name in ("Conv2d", "ConvTranspose2d"):
         k, s, p = layer.kernel_size, layer.stride, layer.padding
         extra = f" s{s[0]}" if s != (1, 1) else ""
-        extra += f" p{p[0]}" if p != (0, 0) else ""
+        extra += f" p{p}" if p != (0, 0) else ""
         if name == "ConvTranspose2d" and layer.output_padding != (0, 0):
             extra += f" op{layer.output_padding[0]}"
         return f"{name} {layer.in_channels}->{layer.out_channels} {k[0]}x{k[1]}{extra} @{shape}"
@@ -172,10 +174,16 @@ class _TorchNet:
             b = None if layer.bias is None else self._param(layer.bias)
             if name == "Linear":
                 return lambda x: F.linear(x, w, b)
-            if name == "Conv2d":
-                return lambda x: F.conv2d(x, w, b, stride=layer.stride, padding=layer.padding)
-            return lambda x: F.conv_transpose2d(x, w, b, stride=layer.stride, padding=layer.padding,
-                                                output_padding=layer.output_padding)
+            (t, bt), (l, r) = convshape.normalize_padding(layer.padding)
+            if name == "Conv2d":  # asymmetric padding (TF "same"): F.pad, then an unpadded conv
+                return lambda x: F.conv2d(F.pad(x, (l, r, t, bt)), w, b, stride=layer.stride)
+            oh, ow = layer.output_padding  # the crop of the full output; output_padding shrinks its end
+
+            def conv_t(x):
+                y = F.conv_transpose2d(x, w, None, stride=layer.stride)
+                y = F.pad(y, (-l, ow - r, -t, oh - bt))  # negative amounts crop
+                return y if b is None else y + b[None, :, None, None]
+            return conv_t
         if name in ("BatchNorm2d", "BatchNorm1d"):
             g, bb = self._param(layer.weight), self._param(layer.bias)
             rm, rv = self.torch.zeros(layer.num_features), self.torch.ones(layer.num_features)

@@ -43,6 +43,13 @@ class Backend:
         except KeyError:
             raise ValueError(f"op {name!r} is not implemented by backend {self.name!r}") from None
 
+    def loss(self, name: str, *inputs, **attrs):
+        """``(value, grads)`` of the loss op ``name``: its value as a float and d value / d input
+        (one entry per input, ``None`` for the constant ones)."""
+        op = self.op(name)
+        value, ctx = op.forward(*inputs, **attrs)
+        return float(value), op.backward(self.xp.ones((), dtype=value.dtype), ctx)
+
     def asarray(self, a, dtype=None):
         """``a`` as a C-contiguous array of this backend, 0-d kept 0-d (a copy only where needed)."""
         if self.xp is np and hasattr(a, "get"):

@@ -18,14 +18,28 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from nbclust.io import load_state, save_state
+from nbclust.methods.params import ANY, COMMON_PARAMS, Declared, Param, Params
+
+KMEANS_PARAMS = Params(
+    COMMON_PARAMS["n_clusters"],
+    Param("n_init", int, 20, "k-means restarts (k-means++ seeding), the best inertia kept", ge=1),
+    COMMON_PARAMS["random_state"],
+    COMMON_PARAMS["verbose"],
+)
+ACPIC_PARAMS = Params(
+    COMMON_PARAMS["n_clusters"],
+    Param("n_neighbors", int, 20, "neighbours K of the k-nearest-neighbour graph (AC-PIC)"),
+    Param("a", float, 1.0, "AC-PIC's affinity scale a", flag=False),
+    Param("z", float, 0.01, "AC-PIC's path-integral weight z", flag=False),
+    Param("random_state", ANY, None, "unused: AC-PIC is deterministic", flag=False, type_doc="int or None"),
+    COMMON_PARAMS["verbose"],
+)
 
 
-class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
-    def __init__(self, n_clusters=10, *, n_init=20, random_state=None, verbose=0):
-        self.n_clusters = n_clusters
-        self.n_init = n_init
-        self.random_state = random_state
-        self.verbose = verbose
+class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
+    """sklearn ``KMeans`` on the flattened pixels (scaled to [0, 1]) or on a feature matrix (N, D)."""
+
+    hyperparameters = KMEANS_PARAMS
 
     @staticmethod
     def _flat(X):
@@ -47,7 +61,7 @@ class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
         Z = self._flat(X)
         if not isinstance(self.n_clusters, (int, np.integer)) or not 2 <= self.n_clusters <= len(Z):
             raise ValueError(f"n_clusters must be an integer in [2, {len(Z)}], got {self.n_clusters!r}")
-        self._check_params()
+        self._validate_hyperparameters()
         t0 = time.perf_counter()
         record = {"phase": "cluster", "epoch": 1, **self._cluster(Z)}
         self.image_shape_ = tuple(np.shape(X)[1:])
@@ -58,10 +72,6 @@ class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
         if callback is not None:
             callback(self, record)
         return self
-
-    def _check_params(self):
-        if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
-            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
 
     def _cluster(self, Z) -> dict:
         """Set ``labels_`` and ``cluster_centers_`` from the flat data; extra history entries."""
@@ -104,16 +114,7 @@ class KMeansPixels(BaseEstimator, ClusterMixin, TransformerMixin):
 class ACPICPixels(KMeansPixels):
     """:class:`nbclust.ACPIC` on the flattened pixels or a feature matrix, with the baseline contract."""
 
-    def __init__(self, n_clusters=10, *, n_neighbors=20, a=1.0, z=0.01, random_state=None, verbose=0):
-        self.n_clusters = n_clusters
-        self.n_neighbors = n_neighbors
-        self.a = a
-        self.z = z
-        self.random_state = random_state  # unused: AC-PIC is deterministic
-        self.verbose = verbose
-
-    def _check_params(self):
-        pass  # ACPIC checks its own
+    hyperparameters = ACPIC_PARAMS
 
     def _cluster(self, Z) -> dict:
         from nbclust.acpic import ACPIC

@@ -5,11 +5,40 @@ raises the same one-line ``ValueError`` everywhere.  Spatial arguments are
 pairs ``(height, width)``; :func:`normalize_pair` turns an int into a pair.
 The ``check_*`` functions look only at ``.shape``/``.ndim``/``.dtype``, so they
 accept NumPy and CuPy arrays alike, and return the op's output shape.
+
+Padding
+-------
+``padding`` of ``conv2d`` and ``conv_transpose2d`` (ops and layers) is one of
+
+- an int ``p`` or a pair ``(ph, pw)``: symmetric, ``p`` rows/columns on each side;
+- a pair of pairs ``((top, bottom), (left, right))``: asymmetric;
+- ``"tf_same"``: TensorFlow/Keras ``padding="same"``, for any kernel and stride,
+  resolved for the input size at hand (:func:`tf_same_padding`): a conv2d over
+  ``n`` gives ``ceil(n / s)`` outputs, the total padding
+  ``P = max((ceil(n / s) - 1) s + k - n, 0)`` is split ``P // 2`` before and
+  ``P - P // 2`` after (28x28, k 5, s 2: 1 before, 2 after).  A conv_transpose2d
+  gives ``n s`` outputs, as Keras' ``Conv2DTranspose(padding="same")``: the full
+  transposed output ``(n - 1) s + k`` is cropped by ``max(k - s, 0)`` split the
+  same way (``k < s``: zero rows appended, as ``output_padding = s - k``).
+  Source: ``tf.nn`` "Notes on padding",
+  https://www.tensorflow.org/api_docs/python/tf/nn#notes_on_padding_2, and Keras'
+  ``Conv2DTranspose``, which calls ``tf.nn.conv2d_transpose`` (the input gradient of that
+  conv2d) with output ``n s``;
+- ``"same"`` (conv2d only): torch's, odd kernels and stride 1, ``k // 2`` per side.
+
+Internally every backend works on the normal form ``((top, bottom), (left, right))``
+(:func:`normalize_padding`).  For conv_transpose2d the padding is the crop of the
+full transposed output, so conv_transpose2d with a padding is exactly the adjoint
+(the input gradient) of conv2d with the same padding; ``output_padding`` then
+extends the end of each axis (the bottom/right crop becomes ``bottom - output_padding``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+TF_SAME = "tf_same"
+"""The ``padding`` string of TensorFlow/Keras ``"same"`` semantics (any stride, asymmetric)."""
 
 
 def _is_int(v) -> bool:
@@ -39,47 +68,153 @@ def _non_negative(v, name: str) -> tuple[int, int]:
     return pair
 
 
-def normalize_conv_args(kernel_size, stride=1, padding=0):
-    """``(kernel, stride, padding)`` as validated pairs.
+def _is_pair_of_ints(v) -> bool:
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(e) for e in v)
 
-    ``padding="same"`` keeps the spatial size: it needs odd kernels and stride 1
-    and pads ``k // 2`` on each side.
+
+_PADDING_FORMS = "an int or a pair (of ints, or of (before, after) pairs of ints)"
+
+
+def normalize_padding(padding, name: str = "padding") -> tuple[tuple[int, int], tuple[int, int]]:
+    """``padding`` (an int, a pair ``(h, w)`` or ``((top, bottom), (left, right))``) as
+    ``((top, bottom), (left, right))`` of non-negative Python ints (strings: see :func:`resolve_padding`)."""
+    if _is_int(padding):
+        p = int(padding)
+        pads = ((p, p), (p, p))
+    elif _is_pair_of_ints(padding):
+        pads = ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_pair_of_ints(e) for e in padding):
+        pads = tuple((int(a), int(b)) for a, b in padding)
+    else:
+        raise ValueError(f"{name} must be {_PADDING_FORMS}, got {padding!r}")
+    if min(min(p) for p in pads) < 0:
+        raise ValueError(f"{name} must be non-negative, got {padding!r}")
+    return pads
+
+
+def compact_padding(pads):
+    """A normal-form padding as a pair ``(ph, pw)`` where it is symmetric, else as it is."""
+    (t, b), (l, r) = pads
+    return (t, l) if t == b and l == r else ((t, b), (l, r))
+
+
+def is_symmetric(pads) -> bool:
+    return pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]
+
+
+def tf_same_padding(size, kernel, stride) -> tuple[tuple[int, int], tuple[int, int]]:
+    """TensorFlow's "SAME" padding of a conv2d over spatial ``size``: ``((top, bottom), (left, right))``.
+
+    Per axis ``out = ceil(n / s)``, ``P = max((out - 1) s + k - n, 0)``, ``P // 2`` before and
+    the rest after (``tf.nn.conv2d`` / Keras ``Conv2D(padding="same")``; 28, k 5, s 2: (1, 2)).
+    """
+    size, kernel, stride = _positive(size, "input size"), _positive(kernel, "kernel_size"), _positive(stride, "stride")
+    pads = []
+    for n, k, s in zip(size, kernel, stride):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def _torch_same(kernel, stride):
+    if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
+        raise ValueError(f"padding='same' needs an odd kernel_size, got {kernel} (padding='{TF_SAME}' takes any)")
+    if stride != (1, 1):
+        raise ValueError(f"padding='same' needs stride 1, got {stride} (padding='{TF_SAME}' takes any)")
+    return (kernel[0] // 2, kernel[1] // 2)
+
+
+def resolve_padding(padding, size, kernel, stride) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The padding of a conv2d over spatial ``size`` as ``((top, bottom), (left, right))``:
+    ``"tf_same"`` resolved for that size (:func:`tf_same_padding`), ``"same"`` torch's
+    (odd kernel, stride 1), anything else through :func:`normalize_padding`."""
+    if isinstance(padding, str):
+        kernel, stride = _positive(kernel, "kernel_size"), _positive(stride, "stride")
+        if padding == TF_SAME:
+            return tf_same_padding(size, kernel, stride)
+        if padding == "same":
+            return normalize_padding(_torch_same(kernel, stride))
+        raise ValueError(f"padding must be {_PADDING_FORMS}, 'same' or '{TF_SAME}', got {padding!r}")
+    return normalize_padding(padding)
+
+
+def resolve_transpose_padding(padding, kernel, stride, output_padding=0):
+    """Padding (the crop of the full output) and output_padding of a conv_transpose2d, validated:
+    ``(((top, bottom), (left, right)), (oh, ow))``.
+
+    ``"tf_same"`` (Keras' ``Conv2DTranspose(padding="same")``, output ``n * s``): per axis the crop
+    ``P = max(k - s, 0)`` split ``P // 2`` before and the rest after, and ``output_padding``
+    ``max(s - k, 0)``; an explicit non-zero ``output_padding`` is refused with it.
+    """
+    kernel, stride = _positive(kernel, "kernel_size"), _positive(stride, "stride")
+    output_padding = _non_negative(output_padding, "output_padding")
+    if output_padding[0] >= stride[0] or output_padding[1] >= stride[1]:
+        raise ValueError(f"output_padding {output_padding} must be smaller than stride {stride}")
+    if isinstance(padding, str):
+        if padding != TF_SAME:
+            raise ValueError(f"conv_transpose2d padding must be {_PADDING_FORMS} or '{TF_SAME}', got {padding!r}")
+        if output_padding != (0, 0):
+            raise ValueError(f"output_padding must be 0 with padding='{TF_SAME}' (the output is input * stride), "
+                             f"got {output_padding}")
+        crops = tuple(max(k - s, 0) for k, s in zip(kernel, stride))
+        return (tuple((p // 2, p - p // 2) for p in crops),
+                tuple(max(s - k, 0) for k, s in zip(kernel, stride)))
+    return normalize_padding(padding), output_padding
+
+
+def normalize_conv_args(kernel_size, stride=1, padding=0):
+    """``(kernel, stride, padding)`` validated, kernel and stride as pairs.
+
+    ``padding`` comes back as a pair ``(ph, pw)`` when it is symmetric, as
+    ``((top, bottom), (left, right))`` when not, and as the string ``"tf_same"``
+    (resolved per input size by the ops, see the module docstring).
+    ``padding="same"`` keeps the spatial size as torch's: it needs odd kernels
+    and stride 1 and pads ``k // 2`` on each side.
     """
     kernel = _positive(kernel_size, "kernel_size")
     stride = _positive(stride, "stride")
     if isinstance(padding, str):
+        if padding == TF_SAME:
+            return kernel, stride, TF_SAME
         if padding != "same":
-            raise ValueError(f"padding must be an int, a pair of ints or 'same', got {padding!r}")
-        if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
-            raise ValueError(f"padding='same' needs an odd kernel_size, got {kernel}")
-        if stride != (1, 1):
-            raise ValueError(f"padding='same' needs stride 1, got {stride}")
-        return kernel, stride, (kernel[0] // 2, kernel[1] // 2)
-    return kernel, stride, _non_negative(padding, "padding")
+            raise ValueError(f"padding must be {_PADDING_FORMS}, 'same' or '{TF_SAME}', got {padding!r}")
+        return kernel, stride, _torch_same(kernel, stride)
+    return kernel, stride, compact_padding(normalize_padding(padding))
 
 
 def conv_output_size(size, kernel, stride=1, padding=0) -> tuple[int, int]:
-    """Spatial output size of a convolution: ``(n + 2p - k) // s + 1`` per axis."""
+    """Spatial output size of a convolution: ``(n + top + bottom - k) // s + 1`` per axis
+    (any padding form of the module docstring)."""
+    return _conv_output(size, kernel, stride, padding)[0]
+
+
+def _conv_output(size, kernel, stride, padding):
+    """``(output size, normal-form padding)`` of a convolution, validated."""
     size, kernel = _positive(size, "input size"), _positive(kernel, "kernel_size")
-    stride, padding = _positive(stride, "stride"), _non_negative(padding, "padding")
-    padded = tuple(n + 2 * p for n, p in zip(size, padding))
+    stride = _positive(stride, "stride")
+    pads = resolve_padding(padding, size, kernel, stride)
+    padded = tuple(n + a + b for n, (a, b) in zip(size, pads))
     if kernel[0] > padded[0] or kernel[1] > padded[1]:
         raise ValueError(f"kernel {kernel} is larger than the padded input {padded}")
-    return tuple((n - k) // s + 1 for n, k, s in zip(padded, kernel, stride))
+    return tuple((n - k) // s + 1 for n, k, s in zip(padded, kernel, stride)), pads
 
 
 def conv_transpose_output_size(size, kernel, stride=1, padding=0, output_padding=0) -> tuple[int, int]:
-    """Spatial output size of a transposed convolution: ``(n - 1) s - 2p + k + output_padding``."""
+    """Spatial output size of a transposed convolution:
+    ``(n - 1) s + k - top - bottom + output_padding`` (``n s`` for ``"tf_same"``)."""
+    return _conv_transpose_output(size, kernel, stride, padding, output_padding)[0]
+
+
+def _conv_transpose_output(size, kernel, stride, padding, output_padding):
+    """``(output size, normal-form padding, output_padding)`` of a transposed convolution, validated."""
     size, kernel = _positive(size, "input size"), _positive(kernel, "kernel_size")
-    stride, padding = _positive(stride, "stride"), _non_negative(padding, "padding")
-    output_padding = _non_negative(output_padding, "output_padding")
-    if output_padding[0] >= stride[0] or output_padding[1] >= stride[1]:
-        raise ValueError(f"output_padding {output_padding} must be smaller than stride {stride}")
-    out = tuple((n - 1) * s - 2 * p + k + q
-                for n, k, s, p, q in zip(size, kernel, stride, padding, output_padding))
+    stride = _positive(stride, "stride")
+    pads, output_padding = resolve_transpose_padding(padding, kernel, stride, output_padding)
+    out = tuple((n - 1) * s + k - a - b + q
+                for n, k, s, (a, b), q in zip(size, kernel, stride, pads, output_padding))
     if min(out) <= 0:
         raise ValueError(f"padding {padding} leaves an empty transposed-convolution output {out}")
-    return out
+    return out, pads, output_padding
 
 
 def pool_output_size(size, kernel, stride=None) -> tuple[int, int]:
@@ -101,27 +236,39 @@ def _check_bias(b, n: int, op: str) -> None:
         raise ValueError(f"{op}: bias must have shape ({n},), got {tuple(b.shape)}")
 
 
-def check_conv_input(x, w, b=None, stride=1, padding=0) -> tuple[int, int, int, int]:
-    """Validate ``conv2d(x (N,C,H,W), w (O,C,kh,kw), b (O,))``; return the output shape."""
+def conv_geometry(x, w, b=None, stride=1, padding=0):
+    """Validate ``conv2d(x (N,C,H,W), w (O,C,kh,kw), b (O,))``; return
+    ``(output shape, (sh, sw), ((top, bottom), (left, right)))``."""
     _check_ndim(x, 4, "conv2d input x (N, C, H, W)")
     _check_ndim(w, 4, "conv2d weight w (O, C, kh, kw)")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"conv2d: input has {x.shape[1]} channels but the weight expects {w.shape[1]}")
     _check_bias(b, w.shape[0], "conv2d")
-    ho, wo = conv_output_size(x.shape[2:], w.shape[2:], stride, padding)
-    return x.shape[0], w.shape[0], ho, wo
+    (ho, wo), pads = _conv_output(x.shape[2:], w.shape[2:], stride, padding)
+    return (x.shape[0], w.shape[0], ho, wo), normalize_pair(stride, "stride"), pads
 
 
-def check_conv_transpose_input(x, w, b=None, stride=1, padding=0, output_padding=0) -> tuple[int, int, int, int]:
-    """Validate ``conv_transpose2d(x (N,Cin,H,W), w (Cin,Cout,kh,kw), b (Cout,))``; return the output shape."""
+def check_conv_input(x, w, b=None, stride=1, padding=0) -> tuple[int, int, int, int]:
+    """Validate ``conv2d(x (N,C,H,W), w (O,C,kh,kw), b (O,))``; return the output shape."""
+    return conv_geometry(x, w, b, stride, padding)[0]
+
+
+def conv_transpose_geometry(x, w, b=None, stride=1, padding=0, output_padding=0):
+    """Validate ``conv_transpose2d(x (N,Cin,H,W), w (Cin,Cout,kh,kw), b (Cout,))``; return
+    ``(output shape, (sh, sw), ((top, bottom), (left, right)), (oh, ow))`` (``"tf_same"`` resolved)."""
     _check_ndim(x, 4, "conv_transpose2d input x (N, Cin, H, W)")
     _check_ndim(w, 4, "conv_transpose2d weight w (Cin, Cout, kh, kw)")
     if x.shape[1] != w.shape[0]:
         raise ValueError(
             f"conv_transpose2d: input has {x.shape[1]} channels but the weight expects {w.shape[0]}")
     _check_bias(b, w.shape[1], "conv_transpose2d")
-    ho, wo = conv_transpose_output_size(x.shape[2:], w.shape[2:], stride, padding, output_padding)
-    return x.shape[0], w.shape[1], ho, wo
+    (ho, wo), pads, output_padding = _conv_transpose_output(x.shape[2:], w.shape[2:], stride, padding, output_padding)
+    return (x.shape[0], w.shape[1], ho, wo), normalize_pair(stride, "stride"), pads, output_padding
+
+
+def check_conv_transpose_input(x, w, b=None, stride=1, padding=0, output_padding=0) -> tuple[int, int, int, int]:
+    """Validate ``conv_transpose2d(x (N,Cin,H,W), w (Cin,Cout,kh,kw), b (Cout,))``; return the output shape."""
+    return conv_transpose_geometry(x, w, b, stride, padding, output_padding)[0]
 
 
 def check_pool_input(x, kernel, stride=None) -> tuple[int, int, int, int]:

@@ -119,12 +119,9 @@ def _applicable(name, params):
 
 
 def _estimator_class(method):
-    import importlib
+    from nbclust.methods import estimator_class
 
-    from nbclust.fit import METHODS
-
-    module, name = METHODS[method]
-    return getattr(importlib.import_module(module), name)
+    return estimator_class(method)
 
 
 def run_key(suite, data, name, seed, params, features="none") -> str:

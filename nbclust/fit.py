@@ -19,59 +19,13 @@ from pathlib import Path
 
 from nbclust import __version__
 
-# --method name -> (module, class)
-METHODS = {
-    "dcae": ("nbclust.methods.dcae", "DCAE"),
-    "dbc": ("nbclust.methods.dbc", "DBC"),
-    "dctl": ("nbclust.methods.dctl", "DCTL"),
-    "depict": ("nbclust.methods.depict", "DEPICT"),
-    "fcae-kmeans": ("nbclust.methods.dbc", "FCAEKMeans"),
-    "dcec": ("nbclust.methods.dcec", "DCEC"),
-    "kmeans": ("nbclust.baseline", "KMeansPixels"),
-    "acpic": ("nbclust.baseline", "ACPICPixels"),
-}
+from nbclust.methods import METHODS  # the registry: --method name -> (module, class)
+
 BACKENDS = ("cpu", "reference", "cuda")
 DATASETS = ("digits", "mnist", "mnist-test", "mnist-full", "fashion-mnist", "fashion-mnist-train",
             "fashion-mnist-test", "usps", "coil20", "yaleb")  # = nbclust.datasets.NAMES
 FEATURES = ("none", "dsift-pca")  # = nbclust.features.FEATURES (not imported here: it loads Numba)
 CHECKPOINT = "checkpoint.npz"
-
-# Options that map onto an estimator parameter of the same meaning: (flag, parameter, type, help).
-# Their default is the chosen method's own (the paper's value); a flag the method lacks is an error.
-TRAINING = [
-    ("--epochs", "epochs", int, "clustering-phase epochs (> 0)"),
-    ("--pretrain-epochs", "pretrain_epochs", int, "pretraining epochs: the autoencoder's, DCTL's mu = 0 warm-up (>= 0)"),
-    ("--batch-size", "batch_size", int, "mini-batch size (> 0)"),
-    ("--lr", "lr", float, "learning rate (> 0)"),
-    ("--tol", "tol", float, "stop when fewer than this fraction of assignments change"),
-]
-HYPER = [
-    ("--alpha", "alpha", float, "DBC: target sharpening exponent alpha (paper: 2)"),
-    ("--lam", "lam", float, "DCAE: k-means loss weight lambda (0.2); DCTL: regulariser weight lambda (0.001)"),
-    ("--mu", "mu", float, "DCTL: clustering term weight mu (1)"),
-    ("--gamma", "gamma", float, "DCEC: clustering loss weight gamma (0.1)"),
-    ("--target", "target", str, "DEPICT: target distribution, code|paper (code: the released code; more with --param init=, weights=, noise=)"),
-    ("--normalization", "normalization", str, "DBC: target normalisation, boosted|soft|none"),
-    ("--n-layers", "n_layers", int, "DCTL: transform layers, 1|2"),
-    ("--pool", "pool", str, "DCTL: max-pooling rule, auto|always|never (auto: pool while the map keeps side >= 7)"),
-    ("--z-lr", "z_lr", float, "DCTL: Adam step size of the codes Z (0.1)"),
-    ("--reading", "reading", str, "DCTL: how a feature-vector input (N, 1, 1, D) is convolved, 1d|2d "
-     "(1d: 1x9 filters and 1x2 pooling along the vector, as the authors' Conv1d; 2d: reshaped to h x w, 9x9)"),
-    ("--loss-scale", "loss_scale", str, "DCTL: loss scaling, code|paper (code: mean data and k-means "
-     "terms, regulariser unscaled per batch; paper: eq 6 sums, regulariser scaled by b/N)"),
-    ("--assign", "assign", str, "DCTL: k-means assignment in the joint phase, batch|epoch|codes (batch: "
-     "fresh k-means on each batch's current features; epoch: on all features per epoch; codes: on Z, eq 7)"),
-    ("--final", "final", str, "DCTL: final labels, kmeans|codes (kmeans: fresh k-means on the final "
-     "transform outputs; codes: P2 centres of the clipped codes)"),
-    ("--activation", "activation", str, "DCAE: hidden activations, relu|sigmoid (paper: sigmoid; default relu)"),
-    ("--momentum", "momentum", float, "DCAE: SGD momentum (0.9)"),
-    ("--weight-decay", "weight_decay", float, "DCAE: SGD weight decay (5e-4)"),
-    ("--cluster-lr", "cluster_lr", float, "DBC: clustering-stage learning rate"),
-    ("--update-interval", "update_interval", int, "DCEC: batches between target updates (140)"),
-    ("--embedding-dim", "embedding_dim", int, "DCAE, DCEC: embedding size (10)"),
-    ("--dropout", "dropout", float, "DEPICT: input and hidden dropout rate (0.1)"),
-    ("--n-init", "n_init", int, "k-means restarts (kmeans, DBC, DCEC: 20; DCTL's final k-means: 10)"),
-]
 DEFAULTS = {
     "data": "digits", "data_home": None, "download": False, "n_clusters": None, "backend": "cpu",
     "threads": None, "seed": 0, "out": None, "plot": False, "checkpoint_every": 10, "quiet": False,
@@ -86,6 +40,41 @@ class _ArgError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise _ArgError(f"{message} (see --help)")
+
+
+def method_flags() -> dict:
+    """``{parameter: (flag, {method: Param})}``: one flag per hyperparameter name of the registered
+    methods' tables (:mod:`nbclust.methods.params`, read without importing the methods)."""
+    from nbclust.methods.params import read_hyperparameters
+
+    out: dict = {}
+    for method, entry in METHODS.items():
+        table = read_hyperparameters(entry[0], entry[1])
+        for p in table or ():
+            if p.flag:
+                out.setdefault(p.name, ("--" + p.name.replace("_", "-"), {}))[1][method] = p
+    return out
+
+
+def _flag_help(by_method: dict) -> str:
+    """``dbc, fcae-kmeans: what (default: 20); dctl: what else (default: 10; paper: 5)``."""
+    groups: dict = {}
+    for method, p in by_method.items():
+        groups.setdefault(p.doc, []).append((method, p))
+    parts = []
+    for doc, entries in groups.items():
+        texts = [_value_text(p.default) + (f"; paper: {_value_text(p.paper)}" if p.paper_differs else "")
+                 for _, p in entries]
+        if len(set(texts)) == 1:
+            default = f"default: {texts[0]}"
+        else:
+            default = "default: " + ", ".join(f"{m} {t}" for (m, _), t in zip(entries, texts))
+        parts.append(f"{', '.join(m for m, _ in entries)}: {doc} ({default})")
+    return "; ".join(parts).replace("%", "%%")
+
+
+def _value_text(value) -> str:
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,15 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "kmeans gets the (N, 300) matrix, image methods an (N, 1, 1, 300) array")
     p.add_argument("--n-clusters", type=int, metavar="K", help="number of clusters (default: the number "
                    "of label values when the data have labels; required otherwise)")
-    for flag, _, typ, text in TRAINING:
-        p.add_argument(flag, type=typ, help=f"{text} (default: the method's own)")
-    g = p.add_argument_group("method hyperparameters (default: the paper's value; error if the method lacks one)")
-    for flag, _, typ, text in HYPER:
-        g.add_argument(flag, type=typ, help=text)
-    g.add_argument("--joint", action=argparse.BooleanOptionalAction,
-                   help="DCTL: joint transform + clustering learning (paper: --joint)")
-    g.add_argument("--standardize", action=argparse.BooleanOptionalAction,
-                   help="DCTL: standardise the transform's features (default: --no-standardize)")
+    g = p.add_argument_group("method hyperparameters (from each method's table; default: the method's own, "
+                             "the paper's value unless noted; error if the method lacks one)")
+    for name, (flag, by_method) in method_flags().items():
+        types = {q.cli_type for q in by_method.values()}
+        if len(types) != 1:
+            raise TypeError(f"{flag}: the methods' tables give it different types {types}")
+        typ = types.pop()
+        kw = {"help": _flag_help(by_method)}
+        if typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = typ
+            choices = [q.choices for q in by_method.values()]
+            if all(c is not None for c in choices):
+                kw["choices"] = list(dict.fromkeys(c for cs in choices for c in cs))
+            else:
+                path = any("path" in q.types for q in by_method.values())
+                kw["metavar"] = "FILE" if path else {int: "N", float: "X", str: "TEXT"}[typ]
+        g.add_argument(flag, **kw)
     g.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="any other estimator parameter; VALUE is a TOML literal (repeatable)")
     p.add_argument("--backend", choices=BACKENDS, help="array backend (default: cpu)")
@@ -244,7 +243,7 @@ def _estimator(opts):
     """The estimator built from ``opts``; a clear error for options the method does not have."""
     import importlib
 
-    module, name = METHODS[opts["method"]]
+    module, name = METHODS[opts["method"]][:2]
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
@@ -256,8 +255,7 @@ def _estimator(opts):
         kwargs["backend"] = opts["backend"]
     elif opts["backend"] != "cpu":
         raise ValueError(f"--backend does not apply to method {opts['method']!r}")
-    flags = {param: flag for flag, param, _, _ in TRAINING + HYPER}
-    flags.update(joint="--joint/--no-joint", standardize="--standardize/--no-standardize")
+    flags = {param: flag for param, (flag, _) in method_flags().items()}
     kwargs.update({param: opts[param] for param in flags if param in opts})
     for item in opts["param"]:
         key, sep, value = item.partition("=")
@@ -391,6 +389,8 @@ def _seconds_text(seconds):
 
 
 def _total_epochs(est):
+    if hasattr(est, "epoch_budget"):
+        return est.epoch_budget()
     p = est.get_params()
     return int(p.get("epochs", 1) or 0) + int(p.get("pretrain_epochs", 0) or 0)
 

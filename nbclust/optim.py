@@ -161,3 +161,92 @@ class Adam(Optimizer):
         step_size = self.lr / (1 - self.beta1**t)
         denom = (v ** 0.5) / math.sqrt(1 - self.beta2**t) + self.eps
         p.data -= step_size * m / denom
+
+
+class RowAdam:
+    """Adam on the rows of one (N, d) array that a step touches, each row with its own step count
+    (torch's ``SparseAdam`` for a row-sparse gradient), optionally projected onto ``x >= low``::
+
+        t_i += 1;   m_i = beta1 m_i + (1 - beta1) g_i;   v_i = beta2 v_i + (1 - beta2) g_i^2
+        x_i = max(x_i - lr / (1 - beta1^t_i) * m_i / (sqrt(v_i) / sqrt(1 - beta2^t_i) + eps), low)
+
+    for the rows i of the last :meth:`rows` call; the other rows and their moments stay as they
+    are.  DCTL's codes Z: one row per sample, updated on the rows of its mini-batch.  Same
+    ``zero_grad``/``step``/``state_dict`` protocol as :class:`Optimizer` (the array is not a
+    :class:`~nbclust.nn.Parameter`: ``rows(idx, grad)`` gives the gradient of the next step).
+    """
+
+    hyper = ("lr", "beta1", "beta2", "eps")
+
+    def __init__(self, data, lr, betas=(0.9, 0.999), eps=1e-8, low=None):
+        if getattr(data, "ndim", 0) != 2:
+            raise ValueError(f"RowAdam needs a 2-D array, got shape {getattr(data, 'shape', None)}")
+        self.data = data
+        self.lr = _number(lr, "lr", 0.0, strict=True)
+        self.beta1 = _number(betas[0], "betas[0]", 0.0, high=1.0)
+        self.beta2 = _number(betas[1], "betas[1]", 0.0, high=1.0)
+        self.eps = _number(eps, "eps", 0.0)
+        self.low = low
+        self.exp_avg = np.zeros_like(data)  # a CuPy array for CuPy data (__array_function__)
+        self.exp_avg_sq = np.zeros_like(data)
+        self.row_steps = np.zeros(data.shape[0], dtype=np.int64)
+        self.step_count = 0
+        self._pending = None
+
+    def zero_grad(self) -> None:
+        self._pending = None
+
+    def rows(self, idx, grad) -> None:
+        """The gradient ``grad`` (len(idx), d) of the rows ``idx`` (distinct) for the next step."""
+        self._pending = (np.asarray(idx), grad)
+
+    def step(self) -> None:
+        if self._pending is None:
+            return
+        idx, g = self._pending
+        self._pending = None
+        self.step_count += 1
+        xp = _array_module(self.data)
+        b1, b2, dtype = self.beta1, self.beta2, self.data.dtype
+        t = self.row_steps[idx] + 1
+        self.row_steps[idx] = t
+        m = b1 * self.exp_avg[idx] + (1 - b1) * g
+        v = b2 * self.exp_avg_sq[idx] + (1 - b2) * g * g
+        self.exp_avg[idx], self.exp_avg_sq[idx] = m, v
+        bc1 = xp.asarray(1 - b1**t, dtype=dtype)[:, None]
+        bc2 = xp.asarray(np.sqrt(1 - b2**t), dtype=dtype)[:, None]
+        new = self.data[idx] - (self.lr / bc1) * m / (xp.sqrt(v) / bc2 + self.eps)
+        self.data[idx] = new if self.low is None else xp.maximum(new, self.low)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {k: np.array(getattr(self, k), dtype=np.float64) for k in self.hyper}
+        out["step"] = np.array(self.step_count, dtype=np.int64)
+        for name in ("exp_avg", "exp_avg_sq"):
+            a = getattr(self, name)
+            out[name] = np.array(a.get() if hasattr(a, "get") else a)
+        out["row_steps"] = self.row_steps.copy()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = sorted({*self.hyper, "step", "exp_avg", "exp_avg_sq", "row_steps"} - set(state))
+        if missing:
+            raise ValueError(f"optimiser state mismatch: missing {missing}")
+        for name in ("exp_avg", "exp_avg_sq"):
+            value = np.asarray(state[name])
+            if value.shape != self.data.shape:
+                raise ValueError(f"optimiser state {name!r} has shape {value.shape}, the array has {self.data.shape}")
+            buffer = self.data.copy()
+            buffer[...] = value
+            setattr(self, name, buffer)
+        self.row_steps = np.array(state["row_steps"], dtype=np.int64)
+        for k in self.hyper:
+            setattr(self, k, float(state[k]))
+        self.step_count = int(state["step"])
+
+
+def _array_module(a):
+    """CuPy for a CuPy array, else NumPy (CuPy is never imported here)."""
+    import sys
+
+    cupy = sys.modules.get("cupy")
+    return np if cupy is None else cupy.get_array_module(a)

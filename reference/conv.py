@@ -39,18 +39,19 @@ def _col2im(cols, padded_shape, kernel, stride, out_hw):
 
 
 def _pad(x, padding):
-    (ph, pw) = padding
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    """Zero padding ``((top, bottom), (left, right))`` of the spatial axes."""
+    return np.pad(x, ((0, 0), (0, 0), *padding))
 
 
 def _crop(xpad, padding, hw):
-    (ph, pw), (h, w) = padding, hw
-    return xpad[:, :, ph:ph + h, pw:pw + w]
+    """The ``hw`` window of ``xpad`` below the top and right of the left padding."""
+    ((top, _), (left, _)), (h, w) = padding, hw
+    return xpad[:, :, top:top + h, left:left + w]
 
 
 def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
-    n, o, ho, wo = convshape.check_conv_input(x, w, b, stride, padding)
-    stride, padding = convshape.normalize_pair(stride, "stride"), convshape.normalize_pair(padding, "padding")
+    """``padding``: any form of :mod:`nbclust.convshape` (symmetric, ((top, bottom), (left, right)), "tf_same")."""
+    (n, o, ho, wo), stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
     kernel = w.shape[2:]
     cols = _im2col(_pad(x, padding), kernel, stride, (ho, wo))
     y = (w.reshape(o, -1) @ cols).reshape(n, o, ho, wo)
@@ -67,20 +68,21 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
     grad_b = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
     if not input_grad:
         return None, grad_w, grad_b
-    padded = (x_shape[0], x_shape[1], x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1])
+    padded = (x_shape[0], x_shape[1], x_shape[2] + sum(padding[0]), x_shape[3] + sum(padding[1]))
     grad_cols = w.reshape(o, -1).T @ g
     grad_x = _crop(_col2im(grad_cols, padded, w.shape[2:], stride, (ho, wo)), padding, x_shape[2:])
     return np.ascontiguousarray(grad_x), grad_w, grad_b
 
 
 def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
-    """The adjoint of conv2d in its input: ``col2im(w_mat.T @ x)``, cropped by ``padding``."""
-    n, cout, hout, wout = convshape.check_conv_transpose_input(x, w, b, stride, padding, output_padding)
-    stride, padding = convshape.normalize_pair(stride, "stride"), convshape.normalize_pair(padding, "padding")
+    """The adjoint of conv2d in its input: ``col2im(w_mat.T @ x)``, cropped by ``padding``
+    (``((top, bottom), (left, right))``; ``output_padding`` lowers the bottom/right crop)."""
+    (n, cout, hout, wout), stride, padding, output_padding = convshape.conv_transpose_geometry(
+        x, w, b, stride, padding, output_padding)
     _, cin, h, wd = x.shape
     kernel = w.shape[2:]
     cols = w.reshape(cin, -1).T @ x.reshape(n, cin, h * wd)
-    padded = (n, cout, hout + 2 * padding[0], wout + 2 * padding[1])
+    padded = (n, cout, hout + sum(padding[0]), wout + sum(padding[1]))
     y = np.ascontiguousarray(_crop(_col2im(cols, padded, kernel, stride, (h, wd)), padding, (hout, wout)))
     if b is not None:
         y += b[:, None, None]
@@ -90,7 +92,7 @@ def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padd
 def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
     x, w, has_bias, stride, padding = ctx
     n, cin, h, wd = x.shape
-    cols = _im2col(_pad(grad_y, padding), w.shape[2:], stride, (h, wd))
+    cols = _im2col(_pad(grad_y, padding), w.shape[2:], stride, (h, wd))  # rows past (h-1)s+k unread
     grad_x = (w.reshape(cin, -1) @ cols).reshape(x.shape) if input_grad else None
     grad_w = np.tensordot(x.reshape(n, cin, h * wd), cols, axes=([0, 2], [0, 2])).reshape(w.shape)
     grad_b = grad_y.sum(axis=(0, 2, 3)) if has_bias else None

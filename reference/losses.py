@@ -325,27 +325,6 @@ def kmeans_subspace_backward(grad_out, resid):
     return 2.0 * scalar(grad_out, resid) * resid, None
 
 
-# ---------------------------------------------------------------- DEPICT (seed 004)
-
-
-def balance_kl_forward(p):
-    """DEPICT's balance prior KL(f||u) = sum_k f_k log(K f_k), f_k = (1/N) sum_i p_ik, u_k = 1/K.
-
-    d/dp_ik = (log(K f_k) + 1) / N (finite when every f_k > 0, as for softmax outputs).
-    """
-    xp = array_module(p)
-    spec.check_matrix("balance_kl", p, "p")
-    f = p.mean(axis=0)
-    return loss_value(xp.sum(_xlogy(f, p.shape[1] * f)), p), (f, p.shape)
-
-
-def balance_kl_backward(grad_out, ctx):
-    f, shape = ctx
-    xp = array_module(f)
-    row = (xp.log(shape[1] * f) + 1) * (scalar(grad_out, f) / shape[0])
-    return (xp.broadcast_to(row, shape).copy(),)
-
-
 OPS = {
     "mse": (mse_forward, mse_backward),
     "bce": (bce_forward, bce_backward),
@@ -359,5 +338,4 @@ OPS = {
     "frobenius": (frobenius_forward, frobenius_backward),
     "neg_logdet": (neg_logdet_forward, neg_logdet_backward),
     "kmeans_subspace": (kmeans_subspace_forward, kmeans_subspace_backward),
-    "balance_kl": (balance_kl_forward, balance_kl_backward),
 }

@@ -96,20 +96,22 @@ def test_pretraining_stops_after_patience_and_keeps_the_best_weights():
     np.testing.assert_array_equal(est2._snapshot()[:-12], pre[best][1][:-12])
 
 
-def test_validation_split_is_held_out_of_pretraining_batches():
+def test_validation_split_is_held_out_of_pretraining_batches(monkeypatch):
+    from nbclust.methods import depict
+
     x, _ = _blobs()
     est = _small()
     seen = []
-    original = est._batch_step
+    for phase in (depict.Pretraining, depict.Warmup, depict.Clustering):
+        def spy(self, est_, X, idx, _step=phase.step):
+            seen.append((self.name, np.array(idx)))
+            return _step(self, est_, X, idx)
 
-    def spy(phase, X, idx):
-        seen.append((phase, np.array(idx)))
-        return original(phase, X, idx)
-
-    est._batch_step = spy
+        monkeypatch.setattr(phase, "step", spy)
     est.fit(x)
     val = set(est.val_idx_.tolist())
     assert len(val) == 6  # 10% of 60
+    assert {name for name, _ in seen} == {"pretrain", "warmup", "cluster"}
     for phase, idx in seen:
         overlap = val & set(idx.tolist())
         assert (phase == "cluster") or not overlap

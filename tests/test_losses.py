@@ -195,14 +195,6 @@ def test_bce_with_logits_keeps_the_gradient_where_bce_saturates(backend):
     np.testing.assert_allclose(g_chain[inside], g[inside], rtol=1e-10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_balance_kl_is_zero_for_balanced_assignments(backend):
-    p = np.array([[0.7, 0.1, 0.2], [0.1, 0.3, 0.6], [0.2, 0.6, 0.2]])
-    value, (g,) = _run(backend, "balance_kl", p)
-    assert abs(float(value)) < 1e-15
-    np.testing.assert_allclose(g, 1 / 3)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_large_reductions_match_reference(dtype):
     """Several Numba blocks and threads: same value as NumPy, same result on every call."""
@@ -238,7 +230,6 @@ def test_bad_arguments(backend):
         ("kmeans_subspace", (z, np.array([0, 1, 0])), {"n_clusters": 2}, r"labels must have shape \(4,\)"),
         ("kmeans_subspace", (z, np.zeros(4, dtype=np.int64)), {"n_clusters": 0}, "n_clusters must be"),
         ("soft_cross_entropy", (z.ravel(), z.ravel()), {}, "logits must be a non-empty 2-D array"),
-        ("balance_kl", (np.ones(3),), {}, "p must be a non-empty 2-D array"),
     ]
     for name, inputs, attrs, message in bad:
         with pytest.raises(ValueError, match=message):

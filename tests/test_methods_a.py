@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from nbclust.methods.clustering import dec_target, target, update_centers
 from nbclust.methods.dbc import DBC, FCAEKMeans
-from nbclust.methods.dcae import DCAE, update_centers
+from nbclust.methods.dcae import DCAE
 from nbclust.methods.dcec import DCEC
 from nbclust.metrics import cluster_acc
 
@@ -32,7 +33,7 @@ def toy_images(n_per=30, size=8, k=4, seed=0, noise=0.1):
 def _prepare(est, X, phase):
     """An estimator set up for one batch step of ``phase`` on reference/float64."""
     est._dtype = np.float64
-    est._check_common()
+    est._validate()
     Xn = est._check_X(X)
     est.image_shape_ = Xn.shape[1:]
     est._init_fit_state()
@@ -64,7 +65,7 @@ def _objective_check(est, X, phase, total, trainable, n_coords=12, step=1e-6):
     def value():
         for p in trainable():
             p.grad[...] = 0
-        return total(est._batch_step(phase, X, idx))
+        return total(est._phase(phase).step(est, X, idx))
 
     value()
     grads = [p.grad.copy() for p in trainable()]
@@ -142,7 +143,7 @@ def test_dcae_decoder_outputs_logits_and_reconstruct_applies_the_sigmoid():
     rec = est.reconstruct(X)
     assert rec.min() >= 0 and rec.max() <= 1
     np.testing.assert_allclose(rec, s, rtol=1e-6)
-    terms = est._batch_step("cluster", Xd, np.arange(len(Xd)))
+    terms = est._phase("cluster").step(est, Xd, np.arange(len(Xd)))
     x = Xd.astype(np.float64)
     bce = -np.mean(x * np.log(s) + (1 - x) * np.log1p(-s))
     np.testing.assert_allclose(terms["E1"], x[0].size * bce, rtol=1e-5)
@@ -211,7 +212,7 @@ def test_dbc_stage_two_gradient():
     X, _ = toy_images(n_per=2)
     est = DBC(3, backend="reference", random_state=0)
     Xd, _ = _prepare(est, X, "cluster")
-    est._begin_epoch("cluster", Xd)  # R from S, encoder in eval mode
+    est._phase("cluster").begin_epoch(est, Xd)  # R from S, encoder in eval mode
     n = Xd.shape[0]
     err = _objective_check(est, Xd, "cluster", lambda t: t["kl"] * n,
                            lambda: est.modules_["encoder"].parameters() + [est._mu])
@@ -226,7 +227,7 @@ def test_dcec_objective_gradient(phase):
     trainable = _net_params(est, "encoder", "decoder")
     if phase == "cluster":
         est.iter_ = 1
-        est.target_ = DCEC.target(rng.dirichlet(np.ones(3), size=Xd.shape[0]))
+        est.target_ = dec_target(rng.dirichlet(np.ones(3), size=Xd.shape[0]))
         trainable = lambda: est.modules_["encoder"].parameters() + est.modules_["decoder"].parameters() + [est._mu]  # noqa: E731
     key = "mse" if phase == "pretrain" else "loss"
     assert _objective_check(est, Xd, phase, lambda t: t[key], trainable, n_coords=8) < 1e-6
@@ -248,7 +249,7 @@ def test_update_centers_reseeds_empty_clusters():
 @pytest.mark.parametrize("normalization", ["boosted", "soft", "none"])
 def test_dbc_target(normalization):
     S = np.random.default_rng(0).dirichlet(np.ones(3), size=7)
-    R = DBC(3, alpha=2.0, normalization=normalization).target(S)
+    R = target(S, 2.0, normalization)
     n = {"boosted": (S**2).sum(0), "soft": S.sum(0), "none": np.ones(3)}[normalization]
     expected = (S**2 / n) / (S**2 / n).sum(1, keepdims=True)
     assert np.allclose(R, expected) and np.allclose(R.sum(1), 1)

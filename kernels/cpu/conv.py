@@ -17,6 +17,11 @@ are (C, H*W*N) matrices.  Stride-1 layers with few channels and large kernels
 take the direct kernels of :mod:`nbclust.kernels.cpu.direct` instead, and layers
 with a single-channel image side a per-sample variant (:func:`_path`).
 ``linear`` is one BLAS call per product and ``reshape`` the reference's.
+
+Padding may be asymmetric (``((top, bottom), (left, right))``, or ``"tf_same"``, see
+:mod:`nbclust.convshape`) on every path: the kernels index from the top/left padding, and
+the bottom/right padding only sets the output size (conv2d) or the size of the full
+transposed output that is cropped (conv_transpose2d).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from nbclust.reference import conv as reference_conv
 
 @njit(cache=True, parallel=True)
 def _im2col(xt, kh, kw, sh, sw, ph, pw, cols):
-    """cols[(c,i,j), a, b, n] = xt[c, a*sh+i-ph, b*sw+j-pw, n], zero in the padding.
+    """cols[(c,i,j), a, b, n] = xt[c, a*sh+i-ph, b*sw+j-pw, n], zero in the padding
+    (``ph``, ``pw``: the top and left padding; the bottom and right follow from the size of ``cols``).
 
     Batch innermost: ``xt`` is (C, H, W, N) and ``cols`` (C*kh*kw, Ho, Wo, N), so
     every copy is a contiguous run of N values however small the image is.
@@ -62,6 +68,7 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, start, out):
     """Adjoint of :func:`_im2col`, gathered per output pixel:
     out[c,h,v,n] = start[c] + sum cols[(c,i,j), a, b, n] over a*sh+i = h+ph, b*sw+j = v+pw,
     in a fixed order (i, j ascending), each term a contiguous run of N values
+    (``ph``, ``pw``: the top and left padding, or crop of a transposed convolution)
     (``start``: the bias of a transposed convolution, or zeros).
     Parallel over (c, h): race-free and deterministic.
     """
@@ -114,8 +121,11 @@ def _times_transposed(a, b):
 
 
 def _geometry(stride, padding):
-    (sh, sw), (ph, pw) = convshape.normalize_pair(stride, "stride"), convshape.normalize_pair(padding, "padding")
-    return sh, sw, ph, pw
+    """``(sh, sw, top, left)``: all the im2col/col2im and direct kernels need of a normal-form
+    ``padding`` ``((top, bottom), (left, right))``; the bottom and right padding only set the
+    output size (conv2d) or the input size (conv_transpose2d), which the callers pass."""
+    (sh, sw), ((top, _), (left, _)) = stride, padding
+    return sh, sw, top, left
 
 
 def _path(image_channels, c_in, c_out, kernel, stride) -> str:
@@ -150,14 +160,14 @@ def _sample_sum(a, cols):
 
 
 def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
-    n, o, ho, wo = convshape.check_conv_input(x, w, b, stride, padding)
+    (n, o, ho, wo), stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
     geometry = _geometry(stride, padding)
     x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
     path = _path(x.shape[1], x.shape[1], o, w.shape[2:], geometry[:2])
     if path == "direct":
-        ph, pw = geometry[2:]
-        xt = placed(batch_last(x), ph, pw, (x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
+        # stride 1: the padded input is (Ho + kh - 1, Wo + kw - 1), x placed at (top, left)
+        xt = placed(batch_last(x), *geometry[2:], (ho + w.shape[2] - 1, wo + w.shape[3] - 1))
         yt = np.empty((o, ho, wo, n), dtype=x.dtype)
         run(_direct, yt.size * w[0].size, xt, w, b, yt)
         return batch_first(yt), (x.shape, w, xt, b is not None, geometry, path)
@@ -196,7 +206,8 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
 
 
 def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
-    n, cout, hout, wout = convshape.check_conv_transpose_input(x, w, b, stride, padding, output_padding)
+    (n, cout, hout, wout), stride, padding, _ = convshape.conv_transpose_geometry(
+        x, w, b, stride, padding, output_padding)
     geometry = _geometry(stride, padding)
     x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
@@ -221,9 +232,9 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
     g = contiguous(grad_y, w.dtype)
     grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
     if path == "direct":
-        ph, pw = geometry[2:]
+        # stride 1: the padded gradient is (H + kh - 1, W + kw - 1), g placed at (top, left)
         gt = batch_last(g)
-        gpad = placed(gt, ph, pw, (gt.shape[1] + 2 * ph, gt.shape[2] + 2 * pw))
+        gpad = placed(gt, *geometry[2:], (x_shape[2] + w.shape[2] - 1, x_shape[3] + w.shape[3] - 1))
         grad_x = None
         if input_grad:
             grad_xt = np.empty((*x_shape[1:], x_shape[0]), dtype=w.dtype)

@@ -137,7 +137,11 @@ def _flipped(w):
 def direct_adjoint(gt, w, padding, hw, b=None):
     """out[c,h,v] = b[c] + sum_{o,i,j} w[o,c,i,j] gt[o,h+ph-i,v+pw-j] (the adjoint of a stride-1
     correlation in its input, plus a bias or None), as a correlation of gt, placed at
-    (kh-1-ph, kw-1-pw), with the flipped kernel.  Batch last: returns (C, H, W, N)."""
+    (kh-1-ph, kw-1-pw), with the flipped kernel.  Batch last: returns (C, H, W, N).
+
+    ``padding`` is ``(ph, pw)``, the *top and left* padding of the correlation (the crop of a
+    transposed one): the bottom and right padding need not be known, as ``hw`` fixes the output
+    and :func:`placed` drops whatever of ``gt`` falls outside; so asymmetric paddings work as they are."""
     (kh, kw), (ph, pw) = w.shape[2:], padding
     gpad = placed(gt, kh - 1 - ph, kw - 1 - pw, (hw[0] + kh - 1, hw[1] + kw - 1))
     out = np.empty((w.shape[1], *hw, gt.shape[3]), dtype=gt.dtype)

@@ -168,18 +168,6 @@ def _segment_sum(x, labels, k):
     return sums, counts
 
 
-@njit(cache=True)
-def _column_means(p):
-    n, k = p.shape
-    f = np.empty(k)
-    for j in range(k):
-        acc = 0.0
-        for i in range(n):
-            acc += p[i, j]
-        f[j] = acc / n
-    return f
-
-
 def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
@@ -399,23 +387,6 @@ def kmeans_subspace_backward(grad_out, ctx):
     return (2.0 * _scalar(grad_out) * resid).astype(dtype), None
 
 
-# ---------------------------------------------------------------- DEPICT (seed 004)
-
-
-def balance_kl_forward(p):
-    spec.check_matrix("balance_kl", p, "p")
-    f = _column_means(np.ascontiguousarray(p))
-    k = p.shape[1]
-    nz = f != 0
-    return _loss(np.sum(f[nz] * np.log(k * f[nz])), p), (f, p.shape, p.dtype)
-
-
-def balance_kl_backward(grad_out, ctx):
-    f, shape, dtype = ctx
-    row = (np.log(shape[1] * f) + 1) * (_scalar(grad_out) / shape[0])
-    return (np.broadcast_to(row.astype(dtype), shape).copy(),)
-
-
 OPS = {
     "mse": (mse_forward, mse_backward),
     "bce": (bce_forward, bce_backward),
@@ -429,5 +400,4 @@ OPS = {
     "frobenius": (frobenius_forward, frobenius_backward),
     "neg_logdet": (neg_logdet_forward, neg_logdet_backward),
     "kmeans_subspace": (kmeans_subspace_forward, kmeans_subspace_backward),
-    "balance_kl": (balance_kl_forward, balance_kl_backward),
 }

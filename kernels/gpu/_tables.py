@@ -34,21 +34,22 @@ def _invert(table: np.ndarray, n_targets: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _conv_host(c, h, w, kh, kw, sh, sw, ph, pw):
-    hp, wp = h + 2 * ph, w + 2 * pw
+def _conv_host(c, h, w, kh, kw, sh, sw, top, bottom, left, right):
+    hp, wp = h + top + bottom, w + left + right
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     ci, ii, jj = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
     oh, ow = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
     rows = ii.reshape(-1, 1) + sh * oh.reshape(1, -1)
     cols = jj.reshape(-1, 1) + sw * ow.reshape(1, -1)
     im2col = (ci.reshape(-1, 1) * hp + rows) * wp + cols  # (C*kh*kw, Ho*Wo) into the padded C*Hp*Wp
-    inv = _invert(im2col, c * hp * wp).reshape(c, hp, wp, -1)[:, ph:ph + h, pw:pw + w]
+    inv = _invert(im2col, c * hp * wp).reshape(c, hp, wp, -1)[:, top:top + h, left:left + w]
     return im2col, np.ascontiguousarray(inv).reshape(c * h * w, -1), (ho, wo)
 
 
 @functools.lru_cache(maxsize=64)
-def conv_tables(c, h, w, kh, kw, sh, sw, ph, pw):
-    """Device tables of a convolution over a ``(C, H, W)`` input.
+def conv_tables(c, h, w, kh, kw, sh, sw, top, bottom, left, right):
+    """Device tables of a convolution over a ``(C, H, W)`` input zero-padded by
+    ``top``/``bottom`` rows and ``left``/``right`` columns (asymmetric allowed).
 
     ``im2col (C*kh*kw, Ho*Wo)``: flat index into the zero-padded ``C*Hp*Wp``
     plane of each patch element, so ``cols = xpad.reshape(N, -1)[:, im2col]``.
@@ -56,7 +57,7 @@ def conv_tables(c, h, w, kh, kw, sh, sw, ph, pw):
     ``cols.reshape(N, -1)`` (sentinel ``C*kh*kw*Ho*Wo``) of the patch
     elements that read it, so the adjoint is a gather and a sum over ``M``.
     """
-    im2col, col2im, out_hw = _conv_host(c, h, w, kh, kw, sh, sw, ph, pw)
+    im2col, col2im, out_hw = _conv_host(c, h, w, kh, kw, sh, sw, top, bottom, left, right)
     return xp.asarray(im2col), xp.asarray(col2im), out_hw
 
 
@@ -68,7 +69,7 @@ def pool_tables(h, w, kh, kw, sh, sw):
     row-major window order.  ``cover (H*W, M)``: the windows containing each
     pixel, ascending (sentinel ``Ho*Wo``).
     """
-    im2col, _, (ho, wo) = _conv_host(1, h, w, kh, kw, sh, sw, 0, 0)
+    im2col, _, (ho, wo) = _conv_host(1, h, w, kh, kw, sh, sw, 0, 0, 0, 0)
     windows = np.ascontiguousarray(im2col.T)
     cover = _invert(windows, h * w) // (kh * kw)  # window of each position; the sentinel becomes Ho*Wo
     return xp.asarray(windows), xp.asarray(cover), (ho, wo)

@@ -5,7 +5,9 @@ through a cached index table (:mod:`._tables`); its adjoint ``col2im`` is a
 gather too (each input pixel sums the patch elements that read it, in a fixed
 order), so every op here is deterministic: no atomics, no scatter-add.
 ``conv_transpose2d`` is the adjoint of ``conv2d`` in its input and reuses the
-same tables.  Shapes are validated by :mod:`nbclust.convshape`, as on every backend;
+same tables.  Padding is ``((top, bottom), (left, right))`` inside (any form of
+:mod:`nbclust.convshape` outside, ``"tf_same"`` included); the tables index the
+asymmetrically padded plane.  Shapes are validated by :mod:`nbclust.convshape`, as on every backend;
 ``linear`` and ``reshape`` are the reference's own (array-module free) functions.
 """
 
@@ -22,18 +24,18 @@ from nbclust.reference import conv as _ref
 class _Geometry(NamedTuple):
     im2col: object  # (C*kh*kw, Ho*Wo) device index table, see _tables.conv_tables
     col2im: object  # (C*H*W, M)
-    padding: tuple
+    padding: tuple  # ((top, bottom), (left, right))
 
 
 def _geometry(c, hw, kernel, stride, padding) -> _Geometry:
-    im2col, col2im, _ = conv_tables(c, hw[0], hw[1], *kernel, *stride, *padding)
+    im2col, col2im, _ = conv_tables(c, hw[0], hw[1], *kernel, *stride, *padding[0], *padding[1])
     return _Geometry(im2col, col2im, padding)
 
 
 def _im2col(x, geo: _Geometry):
     """``(N, C*kh*kw, Ho*Wo)`` patches of ``x (N, C, H, W)`` (zero padding)."""
-    (ph, pw), n = geo.padding, x.shape[0]
-    xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else xp.ascontiguousarray(x)
+    pads, n = geo.padding, x.shape[0]
+    xpad = xp.pad(x, ((0, 0), (0, 0), *pads)) if any(pads[0] + pads[1]) else xp.ascontiguousarray(x)
     return xpad.reshape(n, -1)[:, geo.im2col]
 
 
@@ -44,13 +46,8 @@ def _col2im(cols, geo: _Geometry):
     return ext[:, geo.col2im].sum(axis=-1)
 
 
-def _pairs(stride, padding):
-    return convshape.normalize_pair(stride, "stride"), convshape.normalize_pair(padding, "padding")
-
-
 def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
-    n, o, ho, wo = convshape.check_conv_input(x, w, b, stride, padding)
-    stride, padding = _pairs(stride, padding)
+    (n, o, ho, wo), stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
     geo = _geometry(x.shape[1], x.shape[2:], w.shape[2:], stride, padding)
     cols = _im2col(x, geo)
     y = xp.matmul(w.reshape(o, -1), cols).reshape(n, o, ho, wo)
@@ -73,8 +70,8 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
 
 def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
     """``col2im(w.reshape(Cin, -1).T @ x)``: the input gradient of a conv2d from ``(Cout, Ho, Wo)`` to ``(Cin, H, W)``."""
-    n, cout, hout, wout = convshape.check_conv_transpose_input(x, w, b, stride, padding, output_padding)
-    stride, padding = _pairs(stride, padding)
+    (n, cout, hout, wout), stride, padding, _ = convshape.conv_transpose_geometry(
+        x, w, b, stride, padding, output_padding)
     cin = x.shape[1]
     geo = _geometry(cout, (hout, wout), w.shape[2:], stride, padding)
     cols = xp.matmul(w.reshape(cin, -1).T, xp.ascontiguousarray(x).reshape(n, cin, -1))

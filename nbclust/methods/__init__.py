@@ -1,23 +1,38 @@
-"""The deep clustering estimators (imported lazily: ``from nbclust.methods import DCAE``).
+"""The clustering methods and their one registry (imported lazily: ``from nbclust.methods import DCAE``).
 
-``ESTIMATORS`` maps each estimator class name to its module; ``available()``
-returns the classes whose module is present.
+``METHODS`` maps each ``--method`` name of ``python -m nbclust.fit`` to ``(module, class)``;
+the package (``nbclust.DCAE`` ...), the command line and the experiments runner
+(``python -m nbclust.experiments``) all read it.  Adding a method is its module plus one
+line here.  ``ESTIMATORS`` (class name -> module) are the deep estimators among them, the
+:class:`~nbclust.methods.base.DeepClusterer` subclasses of this package; the others are
+baselines (:mod:`nbclust.baseline`).  ``available()`` returns the estimator classes whose
+module is present.
 """
 
 from __future__ import annotations
 
 import importlib
 
-ESTIMATORS = {
-    "DCAE": "nbclust.methods.dcae",
-    "DBC": "nbclust.methods.dbc",
-    "FCAEKMeans": "nbclust.methods.dbc",
-    "DCEC": "nbclust.methods.dcec",
-    "DCTL": "nbclust.methods.dctl",
-    "DEPICT": "nbclust.methods.depict",
+METHODS = {
+    "dcae": ("nbclust.methods.dcae", "DCAE"),
+    "dbc": ("nbclust.methods.dbc", "DBC"),
+    "fcae-kmeans": ("nbclust.methods.dbc", "FCAEKMeans"),
+    "dctl": ("nbclust.methods.dctl", "DCTL"),
+    "depict": ("nbclust.methods.depict", "DEPICT"),
+    "dcec": ("nbclust.methods.dcec", "DCEC"),
+    "kmeans": ("nbclust.baseline", "KMeansPixels"),
+    "acpic": ("nbclust.baseline", "ACPICPixels"),
 }
 
-__all__ = ["ESTIMATORS", "available", *ESTIMATORS]
+ESTIMATORS = {cls: module for module, cls in METHODS.values() if module.startswith(__name__ + ".")}
+
+__all__ = ["METHODS", "ESTIMATORS", "available", "estimator_class", *ESTIMATORS]
+
+
+def estimator_class(method: str) -> type:
+    """The estimator class of the ``--method`` name ``method`` (imports its module)."""
+    module, name = METHODS[method][:2]
+    return getattr(importlib.import_module(module), name)
 
 
 def available() -> dict[str, type]:

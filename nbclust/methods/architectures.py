@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from nbclust import nn
+from nbclust import convshape, nn
 from nbclust.nn.module import as_generator
 
 
@@ -163,7 +163,8 @@ def fcae(image_shape, *, backend="cpu", dtype=None, rng=None):
 def dcec_sizes(side: int) -> tuple[int, int, int, bool]:
     """DCEC feature sides along one axis: S -> ceil(S/2) -> ceil(S/4) -> s3, and whether conv3 is "same".
 
-    As the reference DCEC code: conv3 is "same" when S % 8 == 0, else "valid".
+    As the reference DCEC code: conv3 is "same" when S % 8 == 0, else "valid"; Keras' "same"
+    with stride 2 gives ceil(n / 2) outputs.
     """
     s1 = math.ceil(side / 2)
     s2 = math.ceil(s1 / 2)
@@ -172,34 +173,72 @@ def dcec_sizes(side: int) -> tuple[int, int, int, bool]:
     return s1, s2, s3, same
 
 
-def dcec(image_shape, embedding_dim=10, filters=(32, 64, 128), *, backend="cpu", dtype=None, rng=None):
-    """DCEC's convolutional auto-encoder (Guo et al. 2017, reference code CAE).
+def dcec_paddings(height: int, width: int):
+    """The paddings of DCEC's three convolutions on an H x W image, TensorFlow's "same" per axis
+    (:func:`nbclust.convshape.tf_same_padding`): conv1 k5 s2 on H x W, conv2 k5 s2 on
+    ceil(H/2) x ceil(W/2), conv3 k3 s2 ("same", or zero on an axis where it is "valid"), each as
+    ``((top, bottom), (left, right))``.  28x28: ``((1, 2), (1, 2))``, ``((1, 2), (1, 2))``, zero;
+    32x32: ``((1, 2), (1, 2))`` twice, ``((0, 1), (0, 1))``; 27x27: ``((2, 2), (2, 2))``, ``((1, 2), (1, 2))``, zero.
+    """
+    (h1, h2, _, same_h), (w1, w2, _, same_w) = dcec_sizes(height), dcec_sizes(width)
+    p1 = convshape.tf_same_padding((height, width), 5, 2)
+    p2 = convshape.tf_same_padding((h1, w1), 5, 2)
+    p3h, p3w = convshape.tf_same_padding((h2, w2), 3, 2)
+    return p1, p2, (p3h if same_h else (0, 0), p3w if same_w else (0, 0))
 
-    conv 32 k5 s2 "same" -> conv 64 k5 s2 "same" -> conv 128 k3 s2 (valid, or "same"
-    when S % 8 == 0) -> flatten -> dense 10 (linear embedding); decoder dense -> reshape ->
-    convT 64 k3 s2 -> convT 32 k5 s2 -> convT C k5 s2 (linear output), ReLU elsewhere.
-    Keras' "same" with stride 2 is padding 2 (k5) / 1 (k3); the transposed convs
-    take the output_padding that restores each encoder size exactly.
+
+def _mirror(n_in, n_out, kernel, stride, pads):
+    """output_padding of the transposed conv from n_out back to n_in that crops ``pads``: the
+    rows a "valid" strided conv left unread (0 after a "same" conv, which reads every row)."""
+    return tuple(n - ((m - 1) * stride + kernel - a - b) for n, m, (a, b) in zip(n_in, n_out, pads))
+
+
+def dcec(image_shape, embedding_dim=10, filters=(32, 64, 128), *, backend="cpu", dtype=None, rng=None):
+    """DCEC's convolutional auto-encoder (Guo et al. 2017), as the reference code's Keras ``CAE``
+    (github.com/XifengGuo/DCEC, ConvAE.py, commit c9f016e):
+
+        Conv2D(32, 5, strides=2, padding='same') -> Conv2D(64, 5, strides=2, padding='same') ->
+        Conv2D(128, 3, strides=2, padding='same' if S % 8 == 0 else 'valid') -> Flatten ->
+        Dense(10) (linear embedding); Dense -> Reshape -> Conv2DTranspose(64, 3, strides=2, pad3)
+        -> Conv2DTranspose(32, 5, strides=2, 'same') -> Conv2DTranspose(C, 5, strides=2, 'same')
+        (linear output), ReLU elsewhere.
+
+    Padding as TensorFlow's: Keras "same" with stride 2 pads asymmetrically, the odd extra row
+    and column at the bottom and right (``tf.nn`` "Notes on padding",
+    https://www.tensorflow.org/api_docs/python/tf/nn#notes_on_padding_2), so a 28x28 image is
+    padded ``((1, 2), (1, 2))`` by conv1 (28 -> 14) and conv2 (14 -> 7), and conv3 is valid
+    (7 -> 3); the decoder is 3 -> 7 (valid) -> 14 -> 28, its "same" transposed convs cropping
+    the full output ``((1, 2), (1, 2))`` (Keras' ``Conv2DTranspose(padding="same")``: output
+    ``n * s``, crop ``k - s`` with the odd one at the end).  Paddings: :func:`dcec_paddings`;
+    the sampling grid is the Keras model's (a symmetric padding of 2 would shift it by a pixel).
+
+    Each transposed conv mirrors its encoder conv: output = that conv's input size, crop = its
+    padding, plus the output_padding that a valid conv's unread last row needs.  Where the
+    reference decoder restores the image (S % 8 in {0, 4}: 28, 32, 16, 20, ...) this is exactly
+    its layers.  For other sizes the reference returns 8 * floor(S / 8) + 4 (valid) pixels per
+    axis and its MSE fails; here the mirror still restores S (27: 27 -> 14 -> 7 -> 3, decoder
+    3 -> 7 -> 14 -> 27, conv1 padded ``((2, 2), (2, 2))``).  Axes are treated independently,
+    so non-square images work too (the reference code is square-only).
     """
     kw = _kw(backend, dtype, rng)
     C, H, W = image_shape
-    (h1, h2, h3, sh), (w1, w2, w3, sw) = dcec_sizes(H), dcec_sizes(W)
+    (h1, h2, h3, _), (w1, w2, w3, _) = dcec_sizes(H), dcec_sizes(W)
     if min(h3, w3) < 1:
         raise ValueError(f"images of size {H}x{W} are too small for DCEC")
     f1, f2, f3 = filters
-    p3 = (int(sh), int(sw))
+    p1, p2, p3 = dcec_paddings(H, W)
     enc = nn.Sequential(
-        nn.Conv2d(C, f1, 5, stride=2, padding=2, **kw), nn.ReLU(**kw),
-        nn.Conv2d(f1, f2, 5, stride=2, padding=2, **kw), nn.ReLU(**kw),
+        nn.Conv2d(C, f1, 5, stride=2, padding=p1, **kw), nn.ReLU(**kw),
+        nn.Conv2d(f1, f2, 5, stride=2, padding=p2, **kw), nn.ReLU(**kw),
         nn.Conv2d(f2, f3, 3, stride=2, padding=p3, **kw), nn.ReLU(**kw),
         nn.Flatten(**kw), nn.Linear(f3 * h3 * w3, embedding_dim, **kw),
     )
-    op3 = (h2 - 2 * h3 + 1 + 2 * p3[0] - 2, w2 - 2 * w3 + 1 + 2 * p3[1] - 2)
     dec = nn.Sequential(
         nn.Linear(embedding_dim, f3 * h3 * w3, **kw), nn.ReLU(**kw), nn.Reshape((f3, h3, w3), **kw),
-        nn.ConvTranspose2d(f3, f2, 3, stride=2, padding=p3, output_padding=op3, **kw), nn.ReLU(**kw),
-        nn.ConvTranspose2d(f2, f1, 5, stride=2, padding=2, output_padding=(h1 - 2 * h2 + 1, w1 - 2 * w2 + 1),
+        nn.ConvTranspose2d(f3, f2, 3, stride=2, padding=p3, output_padding=_mirror((h2, w2), (h3, w3), 3, 2, p3),
                            **kw), nn.ReLU(**kw),
-        nn.ConvTranspose2d(f1, C, 5, stride=2, padding=2, output_padding=(H - 2 * h1 + 1, W - 2 * w1 + 1), **kw),
+        nn.ConvTranspose2d(f2, f1, 5, stride=2, padding=p2, output_padding=_mirror((h1, w1), (h2, w2), 5, 2, p2),
+                           **kw), nn.ReLU(**kw),
+        nn.ConvTranspose2d(f1, C, 5, stride=2, padding=p1, output_padding=_mirror((H, W), (h1, w1), 5, 2, p1), **kw),
     )
     return enc, dec

@@ -3,39 +3,29 @@
 A subclass describes its method; the base runs the epochs, records history,
 checkpoints/resumes, saves/loads and validates.  API for subclasses (stable):
 
-Class attributes
+Declarations (class attributes)
+    ``hyperparameters``     the :class:`~nbclust.methods.params.Params` table (starting
+                            with ``COMMON_PARAMS``): constructor, validation, docstring and
+                            command-line flags come from it (:mod:`nbclust.methods.params`).
+    ``attributes``          :class:`~nbclust.methods.params.Attr` entries of the fitted
+                            attributes; those with ``state="array"`` / ``"meta"`` are saved
+                            in the training state (arrays, resp. JSON values) and the model.
+    ``phases``              the algorithm's stages in order (:mod:`nbclust.methods.phases`):
+                            :class:`Phase` objects (epochs of mini-batch steps, each with
+                            its own begin / optimizers / step / end) and :class:`Step` objects
+                            (one-off work such as a k-means initialisation).
     ``_model_free_params``  hyperparameters that may differ on resume (default
                             ``("verbose", "backend")``).
-    ``_state_attrs``        names of instance attributes (arrays or ``None``)
-                            saved in the training state besides the networks,
-                            e.g. ``("target_",)``; ``cluster_centers_`` is always saved.
-    ``_state_meta``         names of JSON-able instance attributes saved likewise
-                            (e.g. an iteration counter).
     ``_min_size``           smallest supported image side (ValueError below it).
 
 Hooks (``X`` is the whole training set on the backend, (N, C, H, W), dtype ``self._dtype``)
-    ``_check_params()``                raise ValueError for bad hyperparameters.
+    ``_check_params()``                what the table cannot say (cross-parameter rules).
     ``_build(image_shape)``            create the networks; return ``{name: Module}``.
-    ``_phases()``                      ``[(phase_name, n_epochs), ...]`` in order.
-    ``_start_phase(phase, X)``         one-off work on entering a phase (k-means init ...);
-                                       not repeated on resume.
-    ``_make_optimizers(phase)``        ``{name: optimizer}`` for ``phase`` (called on entering
-                                       a phase, after ``_start_phase``, and on resume after
-                                       ``_after_load``).
     ``_after_load()``                  re-attach loaded arrays (e.g. centres as a trainable
                                        Parameter); called after a resume or ``load``.
-    ``_begin_epoch(phase, X)``         before the batches (recompute targets ...).
-    ``_batch_step(phase, X, idx)``     forward + backward on the batch ``X[idx]``
-                                       (gradients accumulate; the base zeroes them and
-                                       steps the optimizers); returns ``{term: float}``.
-                                       Setting ``self.converged_ = True`` there ends the
-                                       epoch and the phase without a step on that batch.
-    ``_end_epoch(phase, X)``           after the batches; returns a dict of extra record
-                                       entries; set ``self.converged_ = True`` to end the phase.
     ``_embed(xb)``                     the embedding of a batch (eval mode; backend array).
     ``_assign(Z)``                     labels from an embedding (numpy); default: nearest
                                        row of ``cluster_centers_``.
-    ``_finish(X)``                     optional, after the last epoch.
 
 Helpers: ``self._rng`` (the single numpy Generator of the fit), ``self._seed()``
 (an int drawn from it, for layer initialisers and sklearn's KMeans),
@@ -50,10 +40,10 @@ state is part of the training state, so a resumed fit replays the same batches.
 Draw every random number of a fit (dropout masks included) from ``self._rng``.
 
 Training state (``training_state()``, at an epoch boundary): arrays ``net.<module>.<key>``
-(parameters and buffers), ``attr.<name>`` (centres and ``_state_attrs``),
+(parameters and buffers), ``attr.<name>`` (centres and the ``state="array"`` attributes),
 ``optim.<name>.<key>``; meta: class, hyperparameters, image shape, optimiser
-skeletons, the Generator state, phase / epoch counters, history, ``_state_meta``
-values and the data fingerprint (shape + SHA-1 of a row subsample).  ``fit(...,
+skeletons, the Generator state, phase / epoch counters, history, the ``state="meta"``
+attributes and the data fingerprint (shape + SHA-1 of a row subsample).  ``fit(...,
 resume=state)`` refuses (ValueError) another class, other hyperparameters (all but
 ``_model_free_params``) and other data.  ``save``/``load`` store the model part only.
 """
@@ -69,22 +59,38 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from nbclust.backend import check_backend_name, get_backend
 from nbclust.io import load_state, save_state
+from nbclust.methods import clustering
+from nbclust.methods.params import COMMON_PARAMS, Attr, Declared
+from nbclust.methods.phases import Phase, Step
 
 _REGISTRY: dict[str, type] = {}
 
 
-class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
+class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
     """Base of the deep clustering estimators; see the module docstring for the subclass API."""
 
+    hyperparameters = COMMON_PARAMS
+    attributes = (
+        Attr("labels_", "ndarray of shape (N,)", "cluster of each training image"),
+        Attr("cluster_centers_", "ndarray of shape (K, d)", "cluster centres in the embedding"),
+        Attr("history_", "list of dict", "one record per epoch: phase, epoch, loss terms, seconds "
+             "(and acc, nmi, ari when fitted with labels)"),
+        Attr("image_shape_", "tuple", "(C, H, W) of the training images"),
+        Attr("n_features_in_", "int", "C * H * W"),
+        Attr("modules_", "dict", "the networks, ``{name: nbclust.nn.Module}``"),
+    )
+    phases: tuple = ()
+    _state_attrs: tuple = ()
+    _state_meta: tuple = ()
     _model_free_params = ("verbose", "backend")
-    _state_attrs: tuple[str, ...] = ()
-    _state_meta: tuple[str, ...] = ()
     _min_size = 8
     _dtype = np.float32
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
+        cls._state_attrs = tuple(a.name for a in cls._all_attributes if a.state == "array")
+        cls._state_meta = tuple(a.name for a in cls._all_attributes if a.state == "meta")
 
     # ------------------------------------------------------------------ hooks
     def _check_params(self):
@@ -93,54 +99,20 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
     def _build(self, image_shape):
         raise NotImplementedError
 
-    def _phases(self):
-        raise NotImplementedError
-
-    def _make_optimizers(self, phase):
-        return {}
-
-    def _start_phase(self, phase, X):
-        pass
-
-    def _begin_epoch(self, phase, X):
-        pass
-
-    def _batch_step(self, phase, X, idx):
-        raise NotImplementedError
-
-    def _end_epoch(self, phase, X):
-        return {}
-
-    def _finish(self, X):
-        pass
+    def _after_load(self):
+        """Hook: re-attach loaded arrays (e.g. centres as trainable parameters)."""
 
     def _embed(self, xb):
         raise NotImplementedError
 
     def _assign(self, Z):
-        C = self.cluster_centers_
-        d = (Z**2).sum(1)[:, None] - 2.0 * Z @ C.T + (C**2).sum(1)[None, :]
-        return np.argmin(d, axis=1).astype(np.int64)
+        return clustering.nearest(Z, self.cluster_centers_)
 
     # ---------------------------------------------------------- validation
-    def _check_common(self):
+    def _validate(self):
         check_backend_name(self.backend)
         self._backend = get_backend(self.backend)
-        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
-            raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}")
-        for name in ("epochs", "pretrain_epochs"):
-            v = getattr(self, name, 0)
-            if not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        bs = getattr(self, "batch_size", 1)
-        if not isinstance(bs, (int, np.integer)) or bs < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {bs!r}")
-        lr = getattr(self, "lr", 1.0)
-        if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr must be a positive number, got {lr!r}")
-        tol = getattr(self, "tol", 0.0)
-        if not (isinstance(tol, (int, float, np.floating)) and 0 <= tol < 1):
-            raise ValueError(f"tol must be in [0, 1), got {tol!r}")
+        self._validate_hyperparameters()
         self._check_params()
 
     def _check_X(self, X, *, fitted=False) -> np.ndarray:
@@ -185,23 +157,13 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         perm = self._rng.permutation(n)
         return [perm[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
 
-    def _kmeans(self, Z: np.ndarray, n_init: int = 20):
-        """sklearn KMeans seeded from the Generator, single-threaded: OpenMP's spinning
-        threads make it 10-50x slower on a loaded machine, and n_clusters x N is small."""
-        from sklearn.cluster import KMeans
-        from threadpoolctl import threadpool_limits
-
-        km = KMeans(self.n_clusters, n_init=n_init, random_state=self._seed())
-        with threadpool_limits(1):
-            km.fit(np.asarray(Z, dtype=np.float64))
-        return km
+    def _kmeans(self, Z: np.ndarray, n_init: int = 20, init="k-means++"):
+        """sklearn KMeans on ``Z`` seeded from the Generator, single-threaded (:func:`clustering.kmeans`)."""
+        return clustering.kmeans(Z, self.n_clusters, self._seed(), n_init=n_init, init=init)
 
     def _loss(self, name: str, *inputs, **attrs):
         """``(value, grads)`` of the loss op ``name``: its float value and d value / d input."""
-        op = self._backend.op(name)
-        value, ctx = op.forward(*inputs, **attrs)
-        grads = op.backward(self._backend.xp.ones((), dtype=value.dtype), ctx)
-        return float(value), grads
+        return self._backend.loss(name, *inputs, **attrs)
 
     def _set_mode(self, training: bool):
         for m in self.modules_.values():
@@ -223,7 +185,7 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
     # -------------------------------------------------------------------- fit
     def fit(self, X, y=None, *, callback=None, resume=None):
         """Train on ``X`` ((N,H,W) or (N,C,H,W)); ``y`` only for monitoring; see the contract."""
-        self._check_common()
+        self._validate()
         Xn = self._check_X(X)
         N = Xn.shape[0]
         if self.n_clusters > N:
@@ -243,7 +205,6 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         else:
             self.modules_ = self._build(self.image_shape_)
         self._train(Xd, y, callback)
-        self._finish(Xd)
         self.labels_ = self._assign(self._embed_all(Xd))
         self._drop_fit_state()
         return self
@@ -261,40 +222,59 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
     def _drop_fit_state(self):
         self.optimizers_ = {}
 
+    def _stages(self) -> list:
+        """The active stages of ``phases``, in order."""
+        return [s for s in self.phases if s.active(self)]
+
+    def _phase(self, name: str) -> Phase:
+        for stage in self._stages():
+            if isinstance(stage, Phase) and stage.name == name:
+                return stage
+        raise ValueError(f"{type(self).__name__} has no phase {name!r}")
+
+    def epoch_budget(self) -> int:
+        """The most epochs a fit can run: the sum of its phases' budgets (stopping rules may end it sooner)."""
+        return sum(s.budget(self) for s in self._stages() if isinstance(s, Phase))
+
     def _train(self, X, y, callback):
-        phases = self._phases()
-        names = [p for p, _ in phases]
-        start = names.index(self.phase_) if self.phase_ in names else 0
-        for phase, n_epochs in phases[start:]:
-            if self.phase_ != phase:  # entering the phase afresh
-                self.phase_, self.phase_epoch_, self.converged_ = phase, 0, False
-                self._start_phase(phase, X)
-                self.optimizers_ = self._make_optimizers(phase)
-            while self.phase_epoch_ < n_epochs and not self.converged_:
-                self._run_epoch(phase, X, y, callback)
+        stages = self._stages()
+        names = [s.name for s in stages]
+        start = names.index(self.phase_) if self.phase_ in names else 0  # resume: the phase of the state
+        for stage in stages[start:]:
+            if isinstance(stage, Step):
+                stage.run(self, X)
+                continue
+            if self.phase_ != stage.name:  # entering the phase afresh
+                self.phase_, self.phase_epoch_, self.converged_ = stage.name, 0, False
+                stage.begin(self, X)
+                self.optimizers_ = stage.optimizers(self)
+            budget = stage.budget(self)
+            while self.phase_epoch_ < budget and not self.converged_:
+                self._run_epoch(stage, X, y, callback)
+            stage.end(self, X)
 
     def _run_epoch(self, phase, X, y, callback):
         t0 = time.perf_counter()
         self._set_mode(True)
-        self._begin_epoch(phase, X)
+        phase.begin_epoch(self, X)
         totals: dict[str, float] = {}
         N = X.shape[0]
-        for idx in self._batches(N):
+        for idx in phase.batches(self, N):
             for m in self.modules_.values():
                 m.zero_grad()
             for opt in self.optimizers_.values():
                 opt.zero_grad()
-            terms = self._batch_step(phase, X, idx)
+            terms = phase.step(self, X, idx)
             if self.converged_:  # the step decided to stop before training on this batch
                 break
             for opt in self.optimizers_.values():
                 opt.step()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * len(idx) / N
-        extra = self._end_epoch(phase, X)
+        extra = phase.end_epoch(self, X)
         self.phase_epoch_ += 1
         self.epoch_ += 1
-        record = {"phase": phase, "epoch": self.epoch_, **totals, **extra}
+        record = {"phase": phase.name, "epoch": self.epoch_, **totals, **extra}
         record["seconds"] = time.perf_counter() - t0
         if y is not None:
             labels = self._current_labels(X)
@@ -392,21 +372,10 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         for k, v in meta["extra_meta"].items():
             setattr(self, k, v)
         if self.phase_ is not None:
-            self.optimizers_ = self._make_optimizers(self.phase_)
+            self.optimizers_ = self._phase(self.phase_).optimizers(self)
             for name, opt in self.optimizers_.items():
                 opt.load_state_dict(_unflatten(meta["optimizers"][name], arrays))
         self._rng.bit_generator.state = meta["rng"]
-
-    def _after_load(self):
-        """Hook: re-attach loaded arrays (e.g. centres as trainable parameters)."""
-
-    def _centres_as_parameter(self):
-        """``self._mu``: the centres as a trainable Parameter (DBC, DCEC learn mu by gradient)."""
-        from nbclust.nn import Parameter
-
-        if self.cluster_centers_ is not None:
-            mu = self._backend.asarray(self.cluster_centers_, self._dtype)
-            self._mu = Parameter(mu, self._backend.xp.zeros_like(mu))
 
     # ------------------------------------------------------ predict & co.
     def _check_fitted(self):
@@ -443,6 +412,11 @@ class DeepClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         """A fitted estimator from a file written by :meth:`save` (any subclass via the base)."""
         arrays, meta = load_state(path)
         name = meta.get("class")
+        if name not in _REGISTRY:  # its module not imported yet: the registry knows where it is
+            from nbclust import methods
+
+            if name in methods.ESTIMATORS:
+                getattr(methods, name)
         if name not in _REGISTRY:
             raise ValueError(f"{path}: unknown estimator class {name!r}")
         target = _REGISTRY[name]
@@ -499,6 +473,34 @@ def _unflatten(skel, arrays):
 
 def _key(k: str):
     return int(k) if k.lstrip("-").isdigit() else k
+
+
+class LearnedCentresMixin:
+    """Centres mu learnt by gradient (``self._mu``, a Parameter) and Student's t soft assignments.
+
+    For the self-training methods (DBC, DCEC): after a resume or ``load`` the centres become
+    the Parameter again; ``soft_assign(Z)`` is eq 1 of DEC/DBC with the current centres.
+    Put the mixin before :class:`DeepClusterer` in the bases.
+    """
+
+    def soft_assign(self, Z: np.ndarray) -> np.ndarray:
+        """S (N, K): Student's t (v = 1) soft assignment of embeddings ``Z`` (numpy) to the centres."""
+        return clustering.soft_assign(Z, self.cluster_centers_)
+
+    def _after_load(self):
+        self._centres_as_parameter()
+
+    def _centres_as_parameter(self):
+        """``self._mu``: the centres as a trainable Parameter (None before there are centres)."""
+        from nbclust.nn import Parameter
+
+        if self.cluster_centers_ is not None:
+            mu = self._backend.asarray(self.cluster_centers_, self._dtype)
+            self._mu = Parameter(mu, self._backend.xp.zeros_like(mu))
+
+    def _centres_from_mu(self):
+        """``cluster_centers_`` <- the learnt mu (float64 numpy)."""
+        self.cluster_centers_ = self._backend.to_numpy(self._mu.data).astype(np.float64)
 
 
 class AutoencoderMixin:

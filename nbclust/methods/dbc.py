@@ -27,142 +27,95 @@ import numpy as np
 
 from nbclust import optim
 from nbclust.methods import architectures
-from nbclust.methods.base import AutoencoderMixin, DeepClusterer
+from nbclust.methods.base import AutoencoderMixin, DeepClusterer, LearnedCentresMixin
+from nbclust.methods.clustering import target
+from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
+from nbclust.methods.phases import KMeansInit, Phase, ReconstructionPretraining
 
-NORMALIZATIONS = ("boosted", "soft", "none")
+FCAE_PARAMS = COMMON_PARAMS + Params(
+    Param("pretrain_epochs", int, 50, "stage I epochs: the FCAE's reconstruction training (Algorithm 1 line 1)",
+          ge=0),
+    Param("batch_size", int, 256, "mini-batch size", ge=1),
+    Param("lr", float, 1e-3, "Adam step size of stage I", gt=0),
+    Param("n_init", int, 20, "k-means restarts on the stage I features (Algorithm 1 lines 2-3)", ge=1),
+)
+DBC_PARAMS = FCAE_PARAMS + Params(
+    Param("epochs", int, 50, "stage II epochs: boosted self-training (Algorithm 2)", ge=0),
+    Param("cluster_lr", float, 1e-4, "Adam step size of stage II", gt=0),
+    Param("alpha", float, 2.0, "boosting exponent alpha of the target R (eq 2)", gt=1),
+    Param("normalization", str, "boosted", "n_j of eq 2: sum_i s_ij^alpha (boosted), sum_i s_ij (soft, DEC's) "
+          "or 1 (none)", choices=("boosted", "soft", "none")),
+    Param("tol", float, 1e-3, "stop stage II when fewer than this fraction of hard assignments change "
+          "(Algorithm 2 line 14)", ge=0, lt=1),
+)
+
+
+class BoostedSelfTraining(Phase):
+    """Stage II, Algorithm 2: the encoder alone and the centres mu, trained on KL(R || S)."""
+
+    name = "cluster"
+    epochs = "epochs"
+
+    def begin(self, est, X):  # line 5: theta <- theta_e*, mu <- the k-means centres
+        est.assign_ = est._assign(est._embed_all(X))
+        est._centres_as_parameter()
+
+    def optimizers(self, est):
+        return {"adam": optim.Adam(est.modules_["encoder"].parameters() + [est._mu], lr=est.cluster_lr)}
+
+    def begin_epoch(self, est, X):
+        S = est.soft_assign(est._embed_all(X))  # line 7, eq 1
+        est.target_ = target(S, est.alpha, est.normalization)  # line 8, eq 2
+        est.modules_["encoder"].eval()
+
+    def step(self, est, X, idx):
+        b, enc = est._backend, est.modules_["encoder"]
+        z = enc(X[b.asarray(idx)])  # line 10
+        r = b.asarray(est.target_[idx], est._dtype)
+        loss, (g_z, g_mu, _) = est._loss("dbc_kl", z, est._mu.data, r, v=1.0)  # eqs 3-5
+        enc.backward(g_z, input_grad=False)  # line 11
+        est._mu.grad += g_mu
+        return {"kl": loss / len(idx)}
+
+    def end_epoch(self, est, X):
+        est._centres_from_mu()
+        labels = est._assign(est._embed_all(X))
+        changed = float(np.mean(labels != est.assign_))
+        est.assign_ = labels
+        est.converged_ = changed < est.tol  # line 14
+        return {"changed": changed}
 
 
 class FCAEKMeans(AutoencoderMixin, DeepClusterer):
-    """FCAE features + k-means (the FCAE-KMS baseline of seed 002); one phase, "pretrain"."""
+    """FCAE features + k-means (the FCAE-KMS baseline of seed 002): stage I only."""
 
+    hyperparameters = FCAE_PARAMS
+    phases = (
+        ReconstructionPretraining(),  # Algorithm 1 line 1
+        KMeansInit(),  # Algorithm 1 lines 2-3: Z = f(X), mu = k-means centres
+    )
     _min_size = 8
-
-    def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0,
-                 pretrain_epochs=50, batch_size=256, lr=1e-3, n_init=20):
-        self.n_clusters = n_clusters
-        self.backend = backend
-        self.random_state = random_state
-        self.verbose = verbose
-        self.pretrain_epochs = pretrain_epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.n_init = n_init
-
-    def _check_params(self):
-        if not (isinstance(self.n_init, (int, np.integer)) and self.n_init >= 1):
-            raise ValueError(f"n_init must be an integer >= 1, got {self.n_init!r}")
 
     def _build(self, image_shape):
         enc, dec = architectures.fcae(image_shape, backend=self._backend.name, dtype=self._dtype,
                                       rng=self._seed())
         return {"encoder": enc, "decoder": dec}
 
-    def _phases(self):
-        return [("pretrain", self.pretrain_epochs)]
-
-    def _make_optimizers(self, phase):
-        m = self.modules_
-        return {"adam": optim.Adam(m["encoder"].parameters() + m["decoder"].parameters(), lr=self.lr)}
-
     def _embed(self, xb):
         return self.modules_["encoder"](xb)
 
-    def _batch_step(self, phase, X, idx):
-        """Stage I: Euclidean reconstruction loss of the FCAE (M1)."""
-        enc, dec = self.modules_["encoder"], self.modules_["decoder"]
-        x = X[self._backend.asarray(idx)]
-        x_hat = dec(enc(x))
-        loss, (g, _) = self._loss("mse", x_hat, x)
-        enc.backward(dec.backward(g), input_grad=False)
-        return {"mse": loss}
 
-    def _stage_one_kmeans(self, X):
-        """Algorithm 1 lines 2-3: Z = f(X), mu = k-means centres."""
-        km = self._kmeans(self._embed_all(X), n_init=self.n_init)
-        self.cluster_centers_ = km.cluster_centers_
-
-    def _finish(self, X):
-        if self.cluster_centers_ is None:
-            self._stage_one_kmeans(X)
-
-
-class DBC(FCAEKMeans):
+class DBC(LearnedCentresMixin, FCAEKMeans):
     """Discriminatively boosted clustering: FCAE (stage I) then boosted self-training (stage II)."""
 
-    _state_attrs = ("assign_",)
-
-    def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0,
-                 pretrain_epochs=50, epochs=50, batch_size=256, lr=1e-3, cluster_lr=1e-4,
-                 alpha=2.0, normalization="boosted", tol=1e-3, n_init=20):
-        super().__init__(n_clusters, backend=backend, random_state=random_state, verbose=verbose,
-                         pretrain_epochs=pretrain_epochs, batch_size=batch_size, lr=lr, n_init=n_init)
-        self.epochs = epochs
-        self.cluster_lr = cluster_lr
-        self.alpha = alpha
-        self.normalization = normalization
-        self.tol = tol
-
-    def _check_params(self):
-        super()._check_params()
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 1):
-            raise ValueError(f"alpha must be a number > 1, got {self.alpha!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
-        if not (isinstance(self.cluster_lr, (int, float)) and np.isfinite(self.cluster_lr) and self.cluster_lr > 0):
-            raise ValueError(f"cluster_lr must be a positive number, got {self.cluster_lr!r}")
-
-    def _phases(self):
-        return [("pretrain", self.pretrain_epochs), ("cluster", self.epochs)]
-
-    def _start_phase(self, phase, X):
-        if phase == "cluster":  # Algorithm 2 line 5: theta <- theta_e*, mu <- k-means centres
-            self._stage_one_kmeans(X)
-            self.assign_ = self._assign(self._embed_all(X))
-            self._after_load()
-
-    def _after_load(self):
-        self._centres_as_parameter()
-
-    def _make_optimizers(self, phase):
-        if phase == "pretrain":
-            return super()._make_optimizers(phase)
-        return {"adam": optim.Adam(self.modules_["encoder"].parameters() + [self._mu], lr=self.cluster_lr)}
-
-    def target(self, S: np.ndarray) -> np.ndarray:
-        """R from S (eq 2): r_ij proportional to s_ij^alpha / n_j, rows normalised."""
-        boosted = S**self.alpha
-        n = {"boosted": boosted.sum(0), "soft": S.sum(0), "none": np.ones(S.shape[1])}[self.normalization]
-        R = boosted / n
-        return R / R.sum(1, keepdims=True)
-
-    def soft_assign(self, Z: np.ndarray) -> np.ndarray:
-        """S (eq 1, v = 1) of embeddings Z (numpy) with the current centres."""
-        d2 = ((Z[:, None, :] - self.cluster_centers_[None]) ** 2).sum(-1)
-        q = 1.0 / (1.0 + d2)
-        return q / q.sum(1, keepdims=True)
-
-    def _begin_epoch(self, phase, X):
-        if phase == "cluster":
-            self.target_ = self.target(self.soft_assign(self._embed_all(X)))  # lines 7-8
-            self.modules_["encoder"].eval()
-
-    def _batch_step(self, phase, X, idx):
-        if phase == "pretrain":
-            return super()._batch_step(phase, X, idx)
-        b, enc = self._backend, self.modules_["encoder"]
-        z = enc(X[b.asarray(idx)])  # line 10
-        r = b.asarray(self.target_[idx], self._dtype)
-        loss, (g_z, g_mu, _) = self._loss("dbc_kl", z, self._mu.data, r, v=1.0)  # eqs 3-5
-        enc.backward(g_z, input_grad=False)  # line 11
-        self._mu.grad += g_mu
-        return {"kl": loss / len(idx)}
-
-    def _end_epoch(self, phase, X):
-        if phase == "pretrain":
-            return {}
-        self.cluster_centers_ = self._backend.to_numpy(self._mu.data).astype(np.float64)
-        labels = self._assign(self._embed_all(X))
-        changed = float(np.mean(labels != self.assign_))
-        self.assign_ = labels
-        self.converged_ = changed < self.tol  # line 14
-        return {"changed": changed}
+    hyperparameters = DBC_PARAMS
+    attributes = (
+        Attr("assign_", "ndarray of shape (N,)", "hard assignments after the last epoch (line 14 compares them)",
+             state="array"),
+        Attr("target_", "ndarray of shape (N, K)", "the target R of the last epoch (eq 2)"),
+    )
+    phases = (
+        ReconstructionPretraining(),  # stage I: Algorithm 1 line 1
+        KMeansInit(),  # Algorithm 1 lines 2-3
+        BoostedSelfTraining(),  # stage II: Algorithm 2
+    )

@@ -38,9 +38,9 @@ Input (``reading``)
     Images (height > 1) always get the 2-D transform (``reading`` is unused).
     Features are used as given.  Mfeat.py normalises each view first (l. 758
     ``normalizeData(X[vw_idx].T)``; the function is not in the release) and the
-    paper says nothing; on Yale B the per-feature standardisation of DSIFT-PCA
-    alone lifts k-means from ACC 0.09 to 0.37, which is a choice for the
-    feature pipeline, not for DCTL.
+    paper says nothing; a per-feature standardisation of DSIFT-PCA helps k-means
+    a lot on Yale B (``docs/results.md``), which is a choice for the feature
+    pipeline, not for DCTL.
 
 Transform (Fig. 1)
     T1 = ``n_filters`` filters ("same" zero padding, no bias: eq 1's ``t_m * x``
@@ -157,29 +157,24 @@ DeConFuse.py trains with Adam at 1e-3 (l. 336, 412).  At 1e-3 the joint
 objective degrades the features: the log-det fixes the filters' singular
 values (they settle near 1/sqrt(2), the minimiser of sigma^2 - log sigma) but
 not their direction, and the data and k-means terms then favour directions in
-which the outputs have little within-cluster scatter, i.e. little variance.
-Measured (30 epochs): digits ACC 0.49 at 1e-3 vs 0.83 at 1e-4 (seed 0; the
-tracked ACC falls from 0.85 in the first epoch); Yale B DSIFT-PCA, 2 layers,
-joint, 0.104 vs 0.118 (mean of seeds 0-2).
+which the outputs have little within-cluster scatter, i.e. little variance
+(measured at both rates on digits and Yale B: ``docs/results.md``).
 
-Measured on Extended Yale B 32 x 32 (2414 images, 38 classes), DSIFT ->
-PCA(300) from ``nbclust.features.dsift_pca`` as (N, 1, 1, 300), defaults, mean
-ACC of seeds 0-2: k-means (n_init 20) 0.089; random initial transform +
-k-means (``epochs=0``) 0.127 (2 layers), 0.099 (1 layer); 2 layers joint 0.118,
-piecemeal 0.121; 1 layer joint 0.109, piecemeal 0.101 (reading "2d": 0.113,
-0.104, 0.092, 0.097).  The paper's Table 2 (joint > piecemeal, 0.349 for 2
-layers) is not reproduced: the gain over k-means comes from the random
-convolution + pooling, training adds nothing.  With per-feature standardised
-DSIFT-PCA, k-means alone reaches 0.373 and DCTL 0.17-0.29.
+Algorithm, in the order of the stages below (``DCTL.phases``):
 
-Algorithm (joint, ``joint=True``): Z from the initial filters, then each epoch
-one pass of P1 mini-batch steps (H from ``assign``) followed by the tracking
-k-means (and, for ``"epoch"``/``"codes"``, the new H).  Piecemeal ablation
-(``joint=False``, Table 2 "Piece"; the ``_piece_meal.py`` files drop the k-means
-term, km_reg = 0): mu = 0 for ``pretrain_epochs + epochs`` epochs, then the
-final clustering.  ``pretrain_epochs`` with ``joint=True`` runs that many
-mu = 0 epochs first.
+1. Z from the initial filters: max(T(X), 0).
+2. ``pretrain``: ``pretrain_epochs`` epochs of P1 without the k-means term (mu = 0).
+   The piecemeal ablation (``joint=False``, Table 2 "Piece"; the ``_piece_meal.py``
+   files drop the k-means term, km_reg = 0) runs ``pretrain_epochs + epochs`` of them
+   and no joint phase.
+3. ``cluster`` (joint): the first partition, then each epoch one pass of P1 mini-batch
+   steps (eq 6, H from ``assign``) followed by the tracking k-means (P2, eq 7; for
+   ``"epoch"``/``"codes"`` the new H); stop when the centres settle (``tol``).
+4. The final clustering (``final``).
+
+Measured results (digits, Extended Yale B with DSIFT-PCA features): ``docs/results.md``.
 """
+
 
 from __future__ import annotations
 
@@ -188,11 +183,41 @@ import math
 import numpy as np
 
 from nbclust.methods.base import DeepClusterer
+from nbclust.methods.clustering import batch_kmeans, kmeans, single_threaded
+from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
+from nbclust.methods.phases import Phase, Step
 
-READINGS = ("1d", "2d")
-LOSS_SCALES = ("code", "paper")
-ASSIGNS = ("batch", "epoch", "codes")
-FINALS = ("kmeans", "codes")
+DCTL_PARAMS = COMMON_PARAMS + Params(
+    Param("lam", float, 0.001, "weight lambda of the filter regulariser ||T||_F^2 - log det T (eq 5)", ge=0),
+    Param("mu", float, 1.0, "weight mu of the k-means term (eq 5)", ge=0),
+    Param("n_layers", int, 2, "transform layers (Table 2)", ge=1, le=2),
+    Param("joint", bool, True, "learn transform and clustering jointly (false: Table 2's piecemeal ablation)"),
+    Param("n_filters", int, 3, "filters per layer (Sec. 4)", ge=1),
+    Param("kernel_size", int, 9, "filter size, odd: 'same' padding (Sec. 4)", ge=1),
+    Param("reading", str, "1d", "how a feature-vector input (N, 1, 1, D) is convolved: along the vector with "
+          "1 x k filters, as the released Conv1d (1d), or reshaped to an h x w map (2d)", choices=("1d", "2d")),
+    Param("pool", str, "auto", "max-pool after a layer while the pooled side stays >= 7 (auto), always (Fig. 1) "
+          "or never", choices=("auto", "always", "never"), paper="always"),
+    Param("loss_scale", str, "code", "loss scaling: mean data and k-means terms, regulariser unscaled per batch "
+          "(code, the released code) or eq 6's sums, regulariser scaled by b/N (paper)",
+          choices=("code", "paper"), paper="paper"),
+    Param("standardize", bool, False, "end the transform with a per-feature standardisation (in neither the "
+          "paper nor the code)"),
+    Param("assign", str, "batch", "k-means of the joint phase: fresh on each batch's features (batch, the "
+          "released code), on all features per epoch (epoch) or on Z (codes, eq 7)",
+          choices=("batch", "epoch", "codes"), paper="codes"),
+    Param("final", str, "kmeans", "final labels: fresh k-means on the final transform outputs (kmeans) or the "
+          "P2 centres of the clipped codes (codes)", choices=("kmeans", "codes")),
+    Param("n_init", int, 10, "restarts of the final k-means (and of the first joint partition unless "
+          "assign='batch')", ge=1),
+    Param("pretrain_epochs", int, 0, "epochs of P1 without the k-means term (mu = 0) before the joint phase", ge=0),
+    Param("epochs", int, 30, "joint epochs (P1 then P2 each)", ge=0),
+    Param("batch_size", int, 256, "mini-batch size", ge=1),
+    Param("lr", float, 1e-4, "Adam step size of the filters (the released code's rate)", gt=0),
+    Param("z_lr", float, 0.1, "Adam step size of the codes Z (None: lr)", gt=0, none=True),
+    Param("tol", float, 1e-4, "stop when the centres move less than this, relative (the paper's rule)",
+          ge=0, lt=1),
+)
 
 
 def vector_map_shape(d: int) -> tuple[int, int]:
@@ -231,50 +256,6 @@ def dctl_layout(image_shape, *, reading="1d", n_layers=2, kernel_size=9, pool="a
         raise ValueError(f"input of shape {tuple(image_shape)} is too small for {sum(flags)} max-pools")
     return {"kernel": kernel, "pool_size": window, "pool": tuple(flags), "reshape": reshape,
             "out": tuple(shape), "vector": vector}
-
-
-_CONTROLLER = None
-
-
-def _blas_controller():
-    """One cached ``threadpoolctl.ThreadpoolController`` (building one scans the loaded
-    libraries, ~10 ms: too slow for every batch)."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        import sklearn.cluster  # noqa: F401  (loads its OpenMP runtime, so that it is controlled too)
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
-
-
-def batch_kmeans(a: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 100) -> np.ndarray:
-    """Labels of Lloyd's k-means on the rows of ``a`` (min(k, n) clusters, k-means++ seeding from
-    ``rng``, until no label changes or ``max_iter``); an empty cluster keeps its centre."""
-    a = np.asarray(a, dtype=np.float64)
-    n = a.shape[0]
-    k = min(k, n)
-    sq = np.einsum("ij,ij->i", a, a)
-    idx = [int(rng.integers(n))]
-    d2 = np.maximum(sq - 2.0 * a @ a[idx[0]] + sq[idx[0]], 0.0)
-    for _ in range(1, k):
-        tot = d2.sum()
-        i = int(rng.choice(n, p=d2 / tot)) if tot > 0 else int(rng.integers(n))
-        idx.append(i)
-        d2 = np.minimum(d2, np.maximum(sq - 2.0 * a @ a[i] + sq[i], 0.0))
-    c = a[idx].copy()
-    labels = None
-    for _ in range(max_iter):
-        new = np.argmin((c * c).sum(1)[None, :] - 2.0 * a @ c.T, axis=1)
-        if labels is not None and np.array_equal(new, labels):
-            break
-        labels = new
-        onehot = np.zeros((k, n))
-        onehot[labels, np.arange(n)] = 1.0
-        counts = onehot.sum(1)
-        full = counts > 0
-        c[full] = (onehot @ a)[full] / counts[full, None]
-    return labels.astype(np.int64)
 
 
 class DCTLTransform:
@@ -338,17 +319,12 @@ class DCTLTransform:
         self.norm._buffers["running_mean"] = f.mean(0)
         self.norm._buffers["running_var"] = f.var(0)
 
-    def _op(self, name, *inputs, **attrs):
-        value, ctx = self.b.op(name).forward(*inputs, **attrs)
-        grads = self.b.op(name).backward(self.b.xp.ones((), dtype=value.dtype), ctx)
-        return float(value), grads
-
     def regularizer(self):
         """``sum_i (||T_i||_F^2 - sum log sigma(T_i))`` and its gradients, one per filter bank."""
         reg, grads = 0.0, []
         for p in self.filters:
-            fro, (g_fro,) = self._op("frobenius", p.data)
-            nld, (g_nld,) = self._op("neg_logdet", p.data)
+            fro, (g_fro,) = self.b.loss("frobenius", p.data)
+            nld, (g_nld,) = self.b.loss("neg_logdet", p.data)
             reg += fro + nld
             grads.append(g_fro + g_nld)
         return reg, grads
@@ -364,9 +340,9 @@ class DCTLTransform:
         """
         a = self.net.forward(x)
         if mean:
-            fid, (g_a, g_z) = self._op("mse", a, z)
+            fid, (g_a, g_z) = self.b.loss("mse", a, z)
         else:
-            fid, (g_a, g_z) = self._op("fidelity", a, z)
+            fid, (g_a, g_z) = self.b.loss("fidelity", a, z)
         self.net.backward(g_a, input_grad=False)
         terms = {"fidelity": fid}
         reg, g_reg = self.regularizer()
@@ -376,7 +352,7 @@ class DCTLTransform:
         if labels is not None and mu > 0:
             if callable(labels):
                 labels = labels(a)
-            km, (g_km, _) = self._op("kmeans_subspace", z, labels, n_clusters=n_clusters)
+            km, (g_km, _) = self.b.loss("kmeans_subspace", z, labels, n_clusters=n_clusters)
             w = mu / z.size if mean else mu
             g_z = g_z + w * g_km
             terms["kmeans"] = w * km
@@ -384,46 +360,124 @@ class DCTLTransform:
         return terms, g_z
 
 
+
+# ------------------------------------------------------------------ the algorithm
+class CodesInit(Step):
+    """1. Z = max(T(X), 0) of the initial filters (psi: non-negative codes), and Z's optimiser."""
+
+    name = "codes"
+
+    def run(self, est, X):
+        est._set_feature_stats(X)
+        Z = np.maximum(est._transform_all(X), 0.0)
+        est.codes_ = est._backend.asarray(Z, dtype=est._dtype)
+        est._after_load()
+
+
+class TransformLearning(Phase):
+    """2. P1 without the k-means term (mu = 0): a warm-up, or the whole piecemeal ablation."""
+
+    name = "pretrain"
+
+    def budget(self, est):
+        return est.pretrain_epochs + (0 if est.joint else est.epochs)
+
+    def optimizers(self, est):
+        return est._p1_optimizers()
+
+    def step(self, est, X, idx):
+        return est._p1_step(X, idx, None, 0.0)
+
+    def end_epoch(self, est, X):
+        est._set_feature_stats(X)
+        return {}
+
+
+class JointClustering(Phase):
+    """3. Eqs 6-7 alternated: P1 (Adam on T and Z, H fixed) over the mini-batches, then P2 (k-means for H)."""
+
+    name = "cluster"
+    epochs = "epochs"
+
+    def active(self, est):
+        return bool(est.joint)
+
+    def begin(self, est, X):  # the first partition (tracked only, for assign="batch")
+        km = est._kmeans(est._tracked_features(X), n_init=1 if est.assign == "batch" else est.n_init)
+        est.cluster_centers_ = km.cluster_centers_
+        est.code_labels_ = km.labels_.astype(np.int64)
+
+    def optimizers(self, est):
+        return est._p1_optimizers()
+
+    def begin_epoch(self, est, X):
+        # assign="batch": the tracking k-means of end_epoch reuses the batch features the step
+        # k-means saw (each row's embedding just before its own step), not another forward pass.
+        est._epoch_features = None
+        if est.assign == "batch":
+            est._epoch_features = np.full((X.shape[0], est.cluster_centers_.shape[1]), np.nan)
+
+    def step(self, est, X, idx):
+        if est.assign != "batch":
+            return est._p1_step(X, idx, est._backend.asarray(est.code_labels_[idx], dtype=np.int64), est.mu)
+
+        def labels(a):  # a fresh k-means on the batch's current embedding (Mfeat.py l. 289)
+            e = est._backend.to_numpy(a if est.final == "kmeans" else est._backend.xp.maximum(a, 0))
+            if est._epoch_features is not None:
+                est._epoch_features[idx] = e
+            with single_threaded():  # small matrices: BLAS threads only spin
+                lab = batch_kmeans(e, est.n_clusters, est._rng)
+            return est._backend.asarray(lab, dtype=np.int64)
+
+        return est._p1_step(X, idx, labels, est.mu)
+
+    def end_epoch(self, est, X):  # P2, eq (7), on the full data: the tracked partition and the stopping rule
+        est._set_feature_stats(X)
+        F = est._epoch_features
+        if F is None or np.isnan(F[:, 0]).any():  # not assign="batch", or an epoch cut short
+            F = est._tracked_features(X)
+        est._epoch_features = None
+        old = est.cluster_centers_
+        km = kmeans(F, est.n_clusters, est._seed(), n_init=1, init=old)  # warm started from the previous centres
+        moved = float(np.mean(km.labels_ != est.code_labels_))
+        est.cluster_centers_ = km.cluster_centers_
+        est.code_labels_ = km.labels_.astype(np.int64)
+        shift = float(np.linalg.norm(km.cluster_centers_ - old) / max(np.linalg.norm(old), 1e-12))
+        est.converged_ = shift < est.tol
+        return {"center_shift": shift, "moved": moved}
+
+
+class FinalClustering(Step):
+    """4. The labels: a fresh k-means on the final transform outputs (Mfeat.py l. 583-592), or from Z."""
+
+    name = "final"
+
+    def run(self, est, X):
+        if est.final == "kmeans":
+            km = est._kmeans(est._embed_all(X), n_init=est.n_init)
+        elif not est.joint:  # final="codes", piecemeal: k-means once on the learnt codes
+            km = est._kmeans(est._backend.to_numpy(est.codes_), n_init=est.n_init)
+            est.code_labels_ = km.labels_.astype(np.int64)
+        else:  # final="codes", joint: the last P2 centres of Z
+            return
+        est.cluster_centers_ = km.cluster_centers_
+
+
 class DCTL(DeepClusterer):
     """Deep convolutional transform learning + k-means (Goel et al., ICIP 2022); see the module doc.
 
     Accepts images (N, H, W) / (N, C, H, W) and feature vectors (N, 1, D) / (N, C, 1, D)
-    (e.g. DSIFT + PCA(300), the paper's input).  ``cluster_centers_`` are the final k-means
-    centres of the embedding (``final="kmeans"``) or of the codes Z (``final="codes"``),
-    ``codes_`` the learnt Z, ``code_labels_`` the last tracked full-data partition.
+    (e.g. DSIFT + PCA(300), the paper's input).
     """
 
-    _state_attrs = ("codes_", "code_labels_", "_zm", "_zv", "_zt")
+    hyperparameters = DCTL_PARAMS
+    attributes = (
+        Attr("codes_", "array of shape (N, d)", "the learnt codes Z (backend array)", state="array"),
+        Attr("code_labels_", "ndarray of shape (N,)", "the last tracked full-data partition (P2)", state="array"),
+        Attr("transform_", "DCTLTransform", "the transform T and its batch objective"),
+    )
+    phases = (CodesInit(), TransformLearning(), JointClustering(), FinalClustering())
     _vector_min = 4  # features of a vector input (pool="always": two 2-wide max-pools)
-
-    def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0,
-                 lam=0.001, mu=1.0, n_layers=2, joint=True, n_filters=3, kernel_size=9,
-                 reading="1d", pool="auto", loss_scale="code", standardize=False, assign="batch",
-                 final="kmeans", n_init=10, pretrain_epochs=0, epochs=30, batch_size=256, lr=1e-4,
-                 z_lr=0.1, tol=1e-4):
-        self.n_clusters = n_clusters
-        self.backend = backend
-        self.random_state = random_state
-        self.verbose = verbose
-        self.lam = lam
-        self.mu = mu
-        self.n_layers = n_layers
-        self.joint = joint
-        self.n_filters = n_filters
-        self.kernel_size = kernel_size
-        self.reading = reading
-        self.pool = pool
-        self.loss_scale = loss_scale
-        self.standardize = standardize
-        self.assign = assign
-        self.final = final
-        self.n_init = n_init
-        self.pretrain_epochs = pretrain_epochs
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.z_lr = z_lr
-        self.tol = tol
 
     # ------------------------------------------------------------ input
     @property
@@ -452,32 +506,8 @@ class DCTL(DeepClusterer):
 
     # ------------------------------------------------------------ hooks
     def _check_params(self):
-        if self.n_layers not in (1, 2) or isinstance(self.n_layers, bool):
-            raise ValueError(f"n_layers must be 1 or 2, got {self.n_layers!r}")
-        for name in ("lam", "mu"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not isinstance(self.joint, (bool, np.bool_)):
-            raise ValueError(f"joint must be True or False, got {self.joint!r}")
-        if not isinstance(self.n_filters, (int, np.integer)) or self.n_filters < 1:
-            raise ValueError(f"n_filters must be an integer >= 1, got {self.n_filters!r}")
-        k = self.kernel_size
-        if not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd integer >= 1 ('same' padding), got {k!r}")
-        if not isinstance(self.standardize, (bool, np.bool_)):
-            raise ValueError(f"standardize must be True or False, got {self.standardize!r}")
-        zl = self.z_lr
-        if zl is not None and not (isinstance(zl, (int, float, np.floating)) and np.isfinite(zl) and zl > 0):
-            raise ValueError(f"z_lr must be None or a positive number, got {zl!r}")
-        for name, allowed in (("pool", ("auto", "always", "never")), ("reading", READINGS),
-                              ("loss_scale", LOSS_SCALES), ("assign", ASSIGNS), ("final", FINALS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
-                                 f"got {getattr(self, name)!r}")
-        n = self.n_init
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n_init must be an integer >= 1, got {n!r}")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd integer >= 1 ('same' padding), got {self.kernel_size!r}")
 
     def _build(self, image_shape):
         C = image_shape[0]
@@ -498,101 +528,20 @@ class DCTL(DeepClusterer):
             backend=self.backend, dtype=self._dtype, rng=self._rng)
         return {"transform": self.transform_.net}
 
-    def _phases(self):
-        if not self.joint:
-            return [("pretrain", self.pretrain_epochs + self.epochs)]
-        return [("pretrain", self.pretrain_epochs), ("cluster", self.epochs)]
-
-    def _make_optimizers(self, phase):
+    def _p1_optimizers(self):
+        """Adam on the filters (fresh in each phase) and the codes' row-wise Adam (kept across phases)."""
         from nbclust.optim import Adam
 
-        return {"T": Adam(self.transform_.filters, lr=self.lr)}
+        return {"T": Adam(self.transform_.filters, lr=self.lr), "Z": self._z_optimizer}
 
-    def _start_phase(self, phase, X):
-        xp = self._backend.xp
-        if self.codes_ is None:  # the joint phase keeps the Z learnt in a pre-training phase
-            self._set_feature_stats(X)
-            Z = np.maximum(self._transform_all(X), 0.0)
-            self.codes_ = self._backend.asarray(Z, dtype=self._dtype)
-            self._zm, self._zv = xp.zeros_like(self.codes_), xp.zeros_like(self.codes_)
-            self._zt = np.zeros(Z.shape[0], dtype=np.int64)
-        if phase == "cluster":  # the first partition (tracked only, for assign="batch")
-            km = self._kmeans(self._tracked_features(X), n_init=1 if self.assign == "batch" else self.n_init)
-            self.cluster_centers_ = km.cluster_centers_
-            self.code_labels_ = km.labels_.astype(np.int64)
-
-    def _batch_step(self, phase, X, idx):
-        N = X.shape[0]
-        labels = None
-        if phase == "cluster":
-            if self.assign == "batch":
-                def labels(a):  # a fresh k-means on the batch's current embedding (Mfeat.py l. 289)
-                    e = self._backend.to_numpy(a if self.final == "kmeans" else self._backend.xp.maximum(a, 0))
-                    if self._epoch_features is not None:
-                        self._epoch_features[idx] = e
-                    with _blas_controller().limit(limits=1):  # small matrices: BLAS threads only spin
-                        lab = batch_kmeans(e, self.n_clusters, self._rng)
-                    return self._backend.asarray(lab, dtype=np.int64)
-            else:
-                labels = self._backend.asarray(self.code_labels_[idx], dtype=np.int64)
-        z = self.codes_[idx]
+    def _p1_step(self, X, idx, labels, mu):
+        """One P1 step (eq 6) on the batch ``idx``: the T gradients accumulate, Z's go to its optimiser."""
         code = self.loss_scale == "code"
         terms, g_z = self.transform_.batch_loss(
-            X[idx], z, labels, lam=self.lam, mu=self.mu if phase == "cluster" else 0.0,
-            n_clusters=self.n_clusters, reg_scale=1.0 if code else len(idx) / N, mean=code)
-        self._z_step(idx, g_z)
+            X[idx], self.codes_[idx], labels, lam=self.lam, mu=mu, n_clusters=self.n_clusters,
+            reg_scale=1.0 if code else len(idx) / X.shape[0], mean=code)
+        self._z_optimizer.rows(idx, g_z)
         return terms
-
-    def _z_step(self, idx, g):
-        """Adam on the batch rows of Z (per-row step counts), then the psi projection Z >= 0."""
-        xp, b1, b2, eps = self._backend.xp, 0.9, 0.999, 1e-8
-        t = self._zt[idx] + 1
-        self._zt[idx] = t
-        m = b1 * self._zm[idx] + (1 - b1) * g
-        v = b2 * self._zv[idx] + (1 - b2) * g * g
-        self._zm[idx], self._zv[idx] = m, v
-        bc1 = self._backend.asarray(1 - b1**t, dtype=self._dtype)[:, None]
-        bc2 = self._backend.asarray(np.sqrt(1 - b2**t), dtype=self._dtype)[:, None]
-        lr = self.lr if self.z_lr is None else self.z_lr
-        step = (lr / bc1) * m / (xp.sqrt(v) / bc2 + eps)
-        self.codes_[idx] = xp.maximum(self.codes_[idx] - step, 0)
-
-    def _begin_epoch(self, phase, X):
-        # assign="batch": the tracking k-means of _end_epoch reuses the batch features the step
-        # k-means saw (each row's embedding just before its own step), not another forward pass.
-        self._epoch_features = None
-        if phase == "cluster" and self.assign == "batch":
-            self._epoch_features = np.full((X.shape[0], self.cluster_centers_.shape[1]), np.nan)
-
-    def _end_epoch(self, phase, X):
-        self._set_feature_stats(X)
-        if phase != "cluster":
-            return {}
-        from sklearn.cluster import KMeans
-
-        F = self._epoch_features
-        if F is None or np.isnan(F[:, 0]).any():  # not assign="batch", or an epoch cut short
-            F = self._tracked_features(X)
-        self._epoch_features = None
-        old = self.cluster_centers_
-        with _blas_controller().limit(limits=1):  # as in DeepClusterer._kmeans: OpenMP spinning is slow under load
-            km = KMeans(self.n_clusters, init=old, n_init=1, random_state=self._seed()).fit(F)  # P2, eq (7)
-        moved = float(np.mean(km.labels_ != self.code_labels_))
-        self.cluster_centers_ = km.cluster_centers_
-        self.code_labels_ = km.labels_.astype(np.int64)
-        shift = float(np.linalg.norm(km.cluster_centers_ - old) / max(np.linalg.norm(old), 1e-12))
-        self.converged_ = shift < self.tol
-        return {"center_shift": shift, "moved": moved}
-
-    def _finish(self, X):
-        if self.final == "kmeans":  # a fresh k-means on the final transform outputs (Mfeat.py l. 583-592)
-            km = self._kmeans(self._embed_all(X), n_init=self.n_init)
-        elif not self.joint:  # final="codes", piecemeal: k-means once on the learnt codes
-            km = self._kmeans(self._backend.to_numpy(self.codes_), n_init=self.n_init)
-            self.code_labels_ = km.labels_.astype(np.int64)
-        else:  # final="codes", joint: the last P2 centres of Z
-            return
-        self.cluster_centers_ = km.cluster_centers_
 
     def _tracked_features(self, X) -> np.ndarray:
         """What the full-data k-means runs on: Z (assign="codes") or the embedding."""
@@ -617,7 +566,10 @@ class DCTL(DeepClusterer):
         return a if self.final == "kmeans" else self._backend.xp.maximum(a, 0)
 
     def _after_load(self):
+        """Codes on the backend, and their optimiser: Adam by rows with per-row step counts (like
+        torch's SparseAdam), step ``z_lr``, then the psi projection Z >= 0 (Mfeat.py l. 310-312)."""
+        from nbclust.optim import RowAdam
+
         if getattr(self, "codes_", None) is not None:
             self.codes_ = self._backend.asarray(self.codes_, dtype=self._dtype)
-            self._zm = self._backend.asarray(self._zm, dtype=self._dtype)
-            self._zv = self._backend.asarray(self._zv, dtype=self._dtype)
+            self._z_optimizer = RowAdam(self.codes_, lr=self.lr if self.z_lr is None else self.z_lr, low=0)

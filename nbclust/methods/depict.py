@@ -64,13 +64,10 @@ Training, the released protocol (the step numbers of ``functions.py``):
 :func:`lasagne_state`).  The released ``results/DEPICT/params`` checkpoint of
 MNIST-test is such a file.
 
-Cost: the released protocol runs until its stopping rules fire.  On MNIST-test
-(10000 images, cpu backend, one thread, ``per-term`` noise) an epoch of any stage
-takes about 17-21 s; measured from scratch (seed 0): 90 pretraining epochs gave an
-AC-PIC start of 0.922 and, after 15 warm-up and 10 clustering epochs, ACC 0.942;
-the full protocol runs several hundred pretraining epochs (hours on a CPU; an H100
-ran 1.3-2.5 s an epoch).  Cap the stages with ``pretrain_epochs``,
-``warmup_epochs`` and ``epochs``.
+Cost: the released protocol runs until its stopping rules fire, several hundred
+pretraining epochs on MNIST (hours on a CPU; measured costs and results:
+``docs/results.md``).  Cap the stages with ``pretrain_epochs``, ``warmup_epochs``
+and ``epochs``.
 
 Other image sizes: the layers stay the same; each transposed convolution gets
 the ``output_padding`` (0 or 1) that restores its encoder input size
@@ -81,26 +78,46 @@ exactly: h1 = (H - 4) // 2 + 1, h2 = (h1 - 1) // 2 + 1, so 28 -> 13 -> 7,
 an image is argmax_k theta_k^T z + b_k (z the clean embedding), also for ``labels_``.
 """
 
-from __future__ import annotations
 
-import os
+from __future__ import annotations
 
 import numpy as np
 
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer
+from nbclust.methods.clustering import depict_target
+from nbclust.methods.params import ARRAY, COMMON_PARAMS, PATH, Attr, Param, Params
+from nbclust.methods.phases import Phase, Step
 
-_TARGETS = ("paper", "code")
-_INITS = ("acpic", "kmeans")
-_HEAD_INITS = ("unit", "distance")
-_NOISE = ("per-term", "shared")
+DEPICT_PARAMS = COMMON_PARAMS + Params(
+    Param("target", str, "code", "target distribution: p^2 / f (code, the released code) or p / f^(1/2) "
+          "(paper, Algorithm 1 line 5)", choices=("code", "paper"), paper="paper"),
+    Param("init", (str, ARRAY), "acpic", "initial clustering of the pretrained clean embedding (step 2), or "
+          "given labels (an array of N ints)", choices=("acpic", "kmeans")),
+    Param("head_init", str, "unit", "softmax head from the initial centres c_k: theta_k = c_k / ||c_k||, b = 0 "
+          "(unit, the released code) or theta_k = c_k, b_k = -||c_k||^2 / 2 (distance)",
+          choices=("unit", "distance")),
+    Param("noise", str, "per-term", "dropout corruption: one per loss term (per-term, the released code) or "
+          "one noisy pass for all terms (shared)", choices=("per-term", "shared")),
+    Param("weights", (PATH, dict), None, "pretrained autoencoder in the authors' Lasagne layout (.npz or "
+          "mapping of arrays); skips pretraining", none=True),
+    Param("dropout", float, 0.1, "dropout rate of the input and the first hidden layer", ge=0, lt=1),
+    Param("hidden_weight", float, 0.1, "weight of the hidden layers' reconstruction terms", ge=0),
+    Param("pretrain_epochs", int, 4000, "cap of the pretraining epochs (step 1)", ge=0),
+    Param("pretrain_patience", int, 100, "stop pretraining after this many epochs without a better held-out "
+          "reconstruction", ge=0),
+    Param("warmup_epochs", int, 1000, "cap of the warm-up epochs on the hard initial labels (step 3)", ge=0),
+    Param("warmup_patience", int, 5, "stop the warm-up after more than this many epochs without a better "
+          "held-out NMI", ge=0),
+    Param("epochs", int, 4000, "cap of the clustering epochs (step 4)", ge=0),
+    Param("batch_size", int, 100, "mini-batch size", ge=1),
+    Param("lr", float, 1e-4, "Adam step size of every stage", gt=0),
+    Param("tol", float, 1e-7, "stop clustering when the targets' mean squared change between epochs is below it",
+          ge=0, lt=1),
+    Param("validation_fraction", float, 0.1, "held-out share of the images for the stopping rules of steps 1 "
+          "and 3", gt=0, lt=1),
+)
+
 _TERMS = ("rec_x", "rec_h1", "rec_h2", "cluster")
-
-
-def depict_target(p: np.ndarray, kind: str) -> np.ndarray:
-    """Q from the clean predictions P (N, K): Algorithm 1 line 5 ("paper") or the released code ("code")."""
-    col = p.sum(axis=0, keepdims=True)
-    q = p / np.sqrt(col) if kind == "paper" else p**2 / col
-    return q / q.sum(axis=1, keepdims=True)
 
 
 def lasagne_state(arrays) -> dict:
@@ -265,98 +282,152 @@ class DEPICTNet:
         return values
 
 
+
+# ------------------------------------------------------------------ the released protocol
+class Pretraining(Phase):
+    """1. Reconstruction only, on the 90% split; keep the weights of the best held-out
+    reconstruction, stop ``pretrain_patience`` epochs after it, restore it."""
+
+    name = "pretrain"
+    epochs = "pretrain_epochs"
+
+    def budget(self, est):
+        return 0 if est.weights is not None else est.pretrain_epochs
+
+    def begin(self, est, X):  # the held-out 10%
+        n = X.shape[0]
+        n_val = max(1, int(round(est.validation_fraction * n)))
+        est.val_idx_ = np.sort(est._rng.permutation(n)[:n_val])
+        est.best_score_, est.since_best_, est.best_params_ = np.inf, 0, None
+
+    def optimizers(self, est):
+        return est._adam(head=False)
+
+    def batches(self, est, n):
+        return est._train_split_batches(n)
+
+    def step(self, est, X, idx):
+        return est.net_.loss(X[idx], est._rng, None)
+
+    def end_epoch(self, est, X):
+        v = est.val_idx_
+        est._set_mode(False)
+        err = sum(est.net_.reconstruction_error(X[v[i : i + 500]]) * len(v[i : i + 500])
+                  for i in range(0, len(v), 500)) / len(v)
+        est._set_mode(True)
+        est._track_best(err, False, est.pretrain_patience)
+        return {"val_rec": err}
+
+    def end(self, est, X):
+        est._restore_best()
+
+
+class InitialClustering(Step):
+    """2. Cluster the clean embedding (``init``) and set the softmax head from the centres (``head_init``)."""
+
+    name = "init"
+
+    def run(self, est, X):
+        Z = est._embed_all(X)
+        labels, c = est._initial_labels(Z)
+        if est.head_init == "unit":
+            theta, bias = c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12), np.zeros(len(c))
+        else:
+            theta, bias = c, -0.5 * (c**2).sum(1)
+        est.net_.head.weight.data[...] = est._backend.asarray(theta, dtype=est._dtype)
+        est.net_.head.bias.data[...] = est._backend.asarray(bias, dtype=est._dtype)
+        est._set_centres(theta)
+        est.init_labels_ = labels
+
+
+class Warmup(Phase):
+    """3. Reconstruction + cross-entropy against the hard initial labels, on the 90% split; keep the
+    weights of the best held-out NMI with the initial labels, stop after more than
+    ``warmup_patience`` epochs without one, restore it."""
+
+    name = "warmup"
+    epochs = "warmup_epochs"
+
+    def begin(self, est, X):
+        est.target_ = np.eye(est.n_clusters)[est.init_labels_]
+        est.best_score_, est.since_best_, est.best_params_ = est._val_nmi(X), 0, est._snapshot()
+
+    def optimizers(self, est):
+        return est._adam(head=True)
+
+    def batches(self, est, n):
+        return est._train_split_batches(n)
+
+    def step(self, est, X, idx):
+        return est.net_.loss(X[idx], est._rng, est._backend.asarray(est.target_[idx], dtype=est._dtype))
+
+    def end_epoch(self, est, X):
+        score = est._val_nmi(X)
+        est._track_best(score, True, est.warmup_patience)
+        est._set_centres(est._backend.to_numpy(est.net_.head.weight.data))
+        return {"val_nmi": score}
+
+    def end(self, est, X):
+        est._restore_best()
+
+
+class Clustering(Phase):
+    """4. Algorithm 1: targets Q from the clean predictions P (``target``); each batch a step on
+    reconstruction + cross-entropy with Q, then its clean predictions with the updated weights;
+    the epoch's predictions give the next Q; stop when Q settles (``tol``)."""
+
+    name = "cluster"
+    epochs = "epochs"
+
+    def begin(self, est, X):  # epoch 0 targets from the clean predictions
+        est.target_ = depict_target(est._predictions(X), est.target)
+        est.best_params_, est._pending = None, None
+        est.p_epoch_ = np.zeros_like(est.target_)
+
+    def optimizers(self, est):
+        return est._adam(head=True)
+
+    def step(self, est, X, idx):
+        est._record_pending(X)
+        est._pending = idx
+        return est.net_.loss(X[idx], est._rng, est._backend.asarray(est.target_[idx], dtype=est._dtype))
+
+    def end_epoch(self, est, X):
+        est._record_pending(X)
+        est._set_centres(est._backend.to_numpy(est.net_.head.weight.data))
+        new = depict_target(est.p_epoch_, est.target)
+        change = float(np.mean((new - est.target_) ** 2))
+        est.converged_ = est.phase_epoch_ > 0 and change < est.tol
+        est.target_ = new
+        return {"target_mse": change}
+
+
 class DEPICT(AutoencoderMixin, DeepClusterer):
-    """DEPICT (Ghasedi Dizaji et al., ICCV 2017) as its released code runs it; see the module docstring.
+    """DEPICT (Ghasedi Dizaji et al., ICCV 2017) as its released code runs it; see the module docstring."""
 
-    Parameters
-    ----------
-    n_clusters : int, default=10
-    backend : {"cpu", "reference", "cuda"}, default="cpu"
-    random_state : int or None, default=None
-    verbose : int, default=0
-    target : {"code", "paper"}, default="code"
-        Target distribution: p^2 / f (released code) or p / f^(1/2) (Algorithm 1).
-    init : {"acpic", "kmeans"} or array of N ints, default="acpic"
-        Initial clustering of the pretrained clean embedding, or given labels.
-    head_init : {"unit", "distance"}, default="unit"
-    noise : {"per-term", "shared"}, default="per-term"
-    weights : str, path or mapping, default=None
-        Pretrained autoencoder in the authors' Lasagne layout; skips pretraining.
-    dropout : float, default=0.1
-    hidden_weight : float, default=0.1
-    pretrain_epochs : int, default=4000
-        Cap of the pretraining epochs (early stopping on the held-out reconstruction).
-    pretrain_patience : int, default=100
-    warmup_epochs : int, default=1000
-        Cap of the warm-up epochs on the hard initial labels.
-    warmup_patience : int, default=5
-    epochs : int, default=4000
-        Cap of the clustering epochs.
-    batch_size : int, default=100
-    lr : float, default=1e-4
-        Adam step size of every stage.
-    tol : float, default=1e-7
-        Stop clustering when the targets' mean squared change between epochs is below it.
-    validation_fraction : float, default=0.1
-    """
-
-    _state_attrs = ("target_", "init_labels_", "val_idx_", "best_params_", "p_epoch_")
-    _state_meta = ("best_score_", "since_best_")
+    hyperparameters = DEPICT_PARAMS
+    attributes = (
+        Attr("net_", "DEPICTNet", "the encoders, decoder and softmax head"),
+        Attr("val_idx_", "ndarray", "the held-out images of steps 1 and 3", state="array"),
+        Attr("init_labels_", "ndarray of shape (N,)", "the initial clustering (step 2)", state="array"),
+        Attr("target_", "ndarray of shape (N, K)", "the current targets Q", state="array"),
+        Attr("p_epoch_", "ndarray of shape (N, K)", "the clean predictions recorded during the current epoch",
+             state="array"),
+        Attr("best_params_", "ndarray or None", "the weights of the best held-out score of the stage",
+             state="array"),
+        Attr("best_score_", "float", "the best held-out score of the stage", state="meta"),
+        Attr("since_best_", "int", "epochs since the best held-out score", state="meta"),
+    )
+    phases = (Pretraining(), InitialClustering(), Warmup(), Clustering())
     _min_size = 4  # the k4 s2 valid convolution
 
-    def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0, target="code",
-                 init="acpic", head_init="unit", noise="per-term", weights=None, dropout=0.1,
-                 hidden_weight=0.1, pretrain_epochs=4000, pretrain_patience=100, warmup_epochs=1000,
-                 warmup_patience=5, epochs=4000, batch_size=100, lr=1e-4, tol=1e-7, validation_fraction=0.1):
-        self.n_clusters = n_clusters
-        self.backend = backend
-        self.random_state = random_state
-        self.verbose = verbose
-        self.target = target
-        self.init = init
-        self.head_init = head_init
-        self.noise = noise
-        self.weights = weights
-        self.dropout = dropout
-        self.hidden_weight = hidden_weight
-        self.pretrain_epochs = pretrain_epochs
-        self.pretrain_patience = pretrain_patience
-        self.warmup_epochs = warmup_epochs
-        self.warmup_patience = warmup_patience
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.tol = tol
-        self.validation_fraction = validation_fraction
-
-    # ------------------------------------------------------------ parameters
     def _check_params(self):
-        for name, choices in (("target", _TARGETS), ("head_init", _HEAD_INITS), ("noise", _NOISE)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if isinstance(self.init, str):
-            if self.init not in _INITS:
-                raise ValueError(f"init must be one of {', '.join(_INITS)} or an array of labels, got {self.init!r}")
-        else:
+        if not isinstance(self.init, str):
             labels = np.asarray(self.init)
             if labels.ndim != 1 or labels.dtype.kind not in "iu":
                 raise ValueError(f"init labels must be a 1-D integer array, got shape {labels.shape} of {labels.dtype}")
             if labels.min() < 0 or labels.max() >= self.n_clusters:
                 raise ValueError(f"init labels must lie in [0, n_clusters={self.n_clusters})")
-        if not (isinstance(self.dropout, (int, float, np.floating)) and 0 <= self.dropout < 1):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        hw = self.hidden_weight
-        if not (isinstance(hw, (int, float, np.floating)) and np.isfinite(hw) and hw >= 0):
-            raise ValueError(f"hidden_weight must be a finite number >= 0, got {hw!r}")
-        for name in ("pretrain_patience", "warmup_patience", "warmup_epochs"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        vf = self.validation_fraction
-        if not (isinstance(vf, (int, float, np.floating)) and 0 < vf < 1):
-            raise ValueError(f"validation_fraction must be in (0, 1), got {vf!r}")
-        if self.weights is not None and not isinstance(self.weights, (str, os.PathLike, dict)):
-            raise ValueError(f"weights must be a path or a mapping of arrays, got {type(self.weights).__name__}")
 
     def fit(self, X, y=None, **kwargs):
         n = len(X)
@@ -374,20 +445,15 @@ class DEPICT(AutoencoderMixin, DeepClusterer):
                 self.net_.modules[name].load_state_dict(state)
         return self.net_.modules
 
-    def _phases(self):
-        pretrain = 0 if self.weights is not None else self.pretrain_epochs
-        return [("pretrain", pretrain), ("warmup", self.warmup_epochs), ("cluster", self.epochs)]
-
-    def _make_optimizers(self, phase):
+    def _adam(self, head: bool) -> dict:
+        """A fresh Adam (``lr``) on every weight; the head's only once it exists (steps 3-4)."""
         from nbclust.optim import Adam
 
-        names = [n for n in self.modules_ if phase != "pretrain" or n != "head"]
+        names = [n for n in self.modules_ if head or n != "head"]
         return {"adam": Adam([p for n in names for p in self.modules_[n].parameters()], lr=self.lr)}
 
-    def _batches(self, n):
-        """Shuffled batches of the 90% split (pretrain, warm-up) or of all images (cluster)."""
-        if self.phase_ == "cluster":
-            return super()._batches(n)
+    def _train_split_batches(self, n):
+        """Shuffled batches of the 90% split (steps 1 and 3)."""
         train = np.setdiff1d(np.arange(n), self.val_idx_)
         perm = train[self._rng.permutation(len(train))]
         return [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
@@ -457,71 +523,12 @@ class DEPICT(AutoencoderMixin, DeepClusterer):
         v = self.val_idx_
         return nmi(self.init_labels_[v], np.argmax(self._predictions(X[v]), axis=1))
 
-    # ------------------------------------------------------------ the stages
-    def _start_phase(self, phase, X):
-        if phase == "pretrain":  # step 1: the held-out 10%
-            n = X.shape[0]
-            n_val = max(1, int(round(self.validation_fraction * n)))
-            self.val_idx_ = np.sort(self._rng.permutation(n)[:n_val])
-            self.best_score_, self.since_best_, self.best_params_ = np.inf, 0, None
-            return
-        self._restore_best()  # the previous stage's best weights
-        if phase == "warmup":  # steps 2-3
-            Z = self._embed_all(X)
-            labels, c = self._initial_labels(Z)
-            if self.head_init == "unit":
-                theta, bias = c / np.linalg.norm(c, axis=1, keepdims=True).clip(1e-12), np.zeros(len(c))
-            else:
-                theta, bias = c, -0.5 * (c**2).sum(1)
-            self.net_.head.weight.data[...] = self._backend.asarray(theta, dtype=self._dtype)
-            self.net_.head.bias.data[...] = self._backend.asarray(bias, dtype=self._dtype)
-            self._set_centres(theta)
-            self.init_labels_ = labels
-            self.target_ = np.eye(self.n_clusters)[labels]
-            self.best_score_, self.since_best_, self.best_params_ = self._val_nmi(X), 0, self._snapshot()
-            return
-        # step 4 (cluster): epoch 0 targets from the clean predictions
-        self.target_ = depict_target(self._predictions(X), self.target)
-        self.best_params_, self._pending = None, None
-        self.p_epoch_ = np.zeros_like(self.target_)
-
     def _record_pending(self, X):
         """Clean predictions of the last batch, with the weights its step produced."""
         idx = getattr(self, "_pending", None)
         if idx is not None:
             self.p_epoch_[idx] = self._predictions(X[idx])
             self._pending = None
-
-    def _batch_step(self, phase, X, idx):
-        q = None
-        if phase == "cluster":
-            self._record_pending(X)
-            self._pending = idx
-        if phase != "pretrain":
-            q = self._backend.asarray(self.target_[idx], dtype=self._dtype)
-        return self.net_.loss(X[idx], self._rng, q)
-
-    def _end_epoch(self, phase, X):
-        if phase == "pretrain":
-            v = self.val_idx_
-            self._set_mode(False)
-            err = sum(self.net_.reconstruction_error(X[v[i : i + 500]]) * len(v[i : i + 500])
-                      for i in range(0, len(v), 500)) / len(v)
-            self._set_mode(True)
-            self._track_best(err, False, self.pretrain_patience)
-            return {"val_rec": err}
-        if phase == "warmup":
-            score = self._val_nmi(X)
-            self._track_best(score, True, self.warmup_patience)
-            self._set_centres(self._backend.to_numpy(self.net_.head.weight.data))
-            return {"val_nmi": score}
-        self._record_pending(X)
-        self._set_centres(self._backend.to_numpy(self.net_.head.weight.data))
-        new = depict_target(self.p_epoch_, self.target)
-        change = float(np.mean((new - self.target_) ** 2))
-        self.converged_ = self.phase_epoch_ > 0 and change < self.tol
-        self.target_ = new
-        return {"target_mse": change}
 
     def _after_load(self):
         self._pending = None

@@ -56,7 +56,15 @@ class _Affine(Module):
 
 
 class Conv2d(_Affine):
-    """2-D convolution (cross-correlation, zero padding); ``padding`` an int, a pair or ``"same"``."""
+    """2-D convolution (cross-correlation, zero padding).
+
+    ``padding``: an int or a pair ``(ph, pw)`` (symmetric), a pair of pairs
+    ``((top, bottom), (left, right))`` (asymmetric), ``"same"`` (torch's: odd kernel,
+    stride 1) or ``"tf_same"`` (TensorFlow/Keras ``padding="same"`` for any kernel and
+    stride, resolved per input size: ``ceil(n / s)`` outputs, the extra padding after;
+    28x28, k 5, s 2 pads ``((1, 2), (1, 2))``).  See :mod:`nbclust.convshape`.
+    ``self.padding`` holds a pair when symmetric, else the pair of pairs, or ``"tf_same"``.
+    """
 
     op_name = "conv2d"
 
@@ -80,7 +88,14 @@ class Conv2d(_Affine):
 
 
 class ConvTranspose2d(_Affine):
-    """2-D transposed convolution; output size ``(n - 1) s - 2p + k + output_padding``."""
+    """2-D transposed convolution, the adjoint of :class:`Conv2d` with the same padding in its input.
+
+    Output size ``(n - 1) s + k - top - bottom + output_padding``: ``padding`` (an int, a
+    pair ``(ph, pw)``, or ``((top, bottom), (left, right))``) is the crop of the full
+    transposed output.  ``"tf_same"``: Keras' ``Conv2DTranspose(padding="same")``, output
+    ``n s``, crop ``max(k - s, 0)`` with the extra row/column at the end (k 5, s 2:
+    ``((1, 2), (1, 2))``); ``output_padding`` must then be 0.
+    """
 
     op_name = "conv_transpose2d"
 
@@ -89,13 +104,17 @@ class ConvTranspose2d(_Affine):
         super().__init__(**kwargs)
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
-        if isinstance(padding, str):
-            raise ValueError(f"ConvTranspose2d: padding must be an int or a pair of ints, got {padding!r}")
+        if isinstance(padding, str) and padding != convshape.TF_SAME:
+            raise ValueError(f"ConvTranspose2d: padding must be an int or a pair (of ints, or of (before, after) "
+                             f"pairs) or '{convshape.TF_SAME}', got {padding!r}")
         self.kernel_size, self.stride, self.padding = convshape.normalize_conv_args(kernel_size, stride, padding)
         self.output_padding = convshape.normalize_pair(output_padding, "output_padding")
         if min(self.output_padding) < 0 or any(q >= s for q, s in zip(self.output_padding, self.stride)):
             raise ValueError(
                 f"output_padding {self.output_padding} must be non-negative and smaller than stride {self.stride}")
+        if self.padding == convshape.TF_SAME and self.output_padding != (0, 0):
+            raise ValueError(f"ConvTranspose2d: output_padding must be 0 with padding='{convshape.TF_SAME}' "
+                             f"(the output is input * stride), got {self.output_padding}")
         self._init_params((self.in_channels, self.out_channels, *self.kernel_size), bias, self.out_channels, init)
 
     def forward(self, x):

@@ -20,6 +20,15 @@ def _conv2d_cases(rng: np.random.Generator) -> list[Case]:
              {"stride": (3, 2), "padding": (0, 1)}, "stride 3x2, odd sizes, leftover rows"),
         Case((n(size=(3, 1, 8, 7)), n(size=(5, 1, 3, 3)), n(size=5)),
              {"stride": (2, 2), "padding": (1, 0)}, "one input channel, stride 2 (a first layer)"),
+        # asymmetric padding ((top, bottom), (left, right)) and TF's "same" (see nbclust.convshape)
+        Case((n(size=(2, 1, 8, 8)), n(size=(3, 1, 5, 5)), n(size=3)),
+             {"stride": (2, 2), "padding": ((1, 2), (1, 2))}, "Keras same k5 s2 on 8x8: ((1, 2), (1, 2))"),
+        Case((n(size=(1, 2, 9, 6)), n(size=(3, 2, 3, 4)), n(size=3)),
+             {"stride": (2, 3), "padding": "tf_same"}, "'tf_same' resolving to ((1, 1), (0, 1)), stride 2x3"),
+        Case((n(size=(1, 3, 5, 6)), n(size=(2, 3, 3, 3)), None),
+             {"stride": (1, 1), "padding": ((2, 0), (0, 1))}, "asymmetric, more before than after"),
+        Case((n(size=(2, 1, 6, 7)), n(size=(2, 1, 5, 5)), n(size=2)),
+             {"stride": (1, 1), "padding": ((0, 3), (2, 1))}, "asymmetric, narrow 5x5 stride 1 (cpu direct path)"),
     ]
 
 
@@ -41,6 +50,19 @@ def _conv_transpose2d_cases(rng: np.random.Generator) -> list[Case]:
         Case((n(size=(3, 4, 3, 4)), n(size=(4, 1, 4, 3)), n(size=1)),
              {"stride": (2, 2), "padding": (1, 0), "output_padding": (1, 1)},
              "one output channel, stride 2 (a last layer)"),
+        # asymmetric crops ((top, bottom), (left, right)): the adjoint of conv2d with that padding
+        Case((n(size=(2, 3, 4, 4)), n(size=(3, 2, 5, 5)), n(size=2)),
+             {"stride": (2, 2), "padding": ((1, 2), (1, 2)), "output_padding": (0, 0)},
+             "Keras same k5 s2: crop ((1, 2), (1, 2)), 4x4 -> 8x8"),
+        Case((n(size=(1, 2, 3, 2)), n(size=(2, 1, 3, 2)), None),
+             {"stride": (2, 3), "padding": "tf_same", "output_padding": (0, 0)},
+             "'tf_same': crop ((0, 1), (0, 0)), output_padding (0, 1), one output channel"),
+        Case((n(size=(1, 2, 3, 3)), n(size=(2, 3, 3, 3)), n(size=3)),
+             {"stride": (2, 2), "padding": ((2, 0), (1, 1)), "output_padding": (1, 0)},
+             "asymmetric crop with output_padding"),
+        Case((n(size=(2, 2, 4, 3)), n(size=(2, 1, 5, 5)), n(size=1)),
+             {"stride": (1, 1), "padding": ((0, 3), (2, 1)), "output_padding": (0, 0)},
+             "asymmetric, narrow 5x5 stride 1 (cpu direct path)"),
     ]
 
 
@@ -96,15 +118,33 @@ def _reshape_cases(rng: np.random.Generator) -> list[Case]:
 
 
 def _torch_conv2d(x, w, b, stride, padding):
+    """Symmetric padding: torch's own; asymmetric (or "tf_same"): ``F.pad`` then no padding."""
     import torch.nn.functional as F
 
-    return F.conv2d(x, w, b, stride=stride, padding=padding)
+    from nbclust import convshape
+
+    pads = convshape.resolve_padding(padding, tuple(x.shape[2:]), tuple(w.shape[2:]), stride)
+    if convshape.is_symmetric(pads):
+        return F.conv2d(x, w, b, stride=stride, padding=(pads[0][0], pads[1][0]))
+    (top, bottom), (left, right) = pads
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride=stride)
 
 
 def _torch_conv_transpose2d(x, w, b, stride, padding, output_padding):
+    """Symmetric padding: torch's own; asymmetric (or "tf_same"): the full transposed output, then
+    cropped by ``(top, bottom - output_padding)`` (``F.pad`` with negative amounts; a negative crop
+    pads), then the bias (on appended rows too, as torch's output_padding)."""
     import torch.nn.functional as F
 
-    return F.conv_transpose2d(x, w, b, stride=stride, padding=padding, output_padding=output_padding)
+    from nbclust import convshape
+
+    pads, (qh, qw) = convshape.resolve_transpose_padding(padding, tuple(w.shape[2:]), stride, output_padding)
+    if convshape.is_symmetric(pads):
+        return F.conv_transpose2d(x, w, b, stride=stride, padding=(pads[0][0], pads[1][0]),
+                                  output_padding=(qh, qw))
+    (top, bottom), (left, right) = pads
+    y = F.pad(F.conv_transpose2d(x, w, stride=stride), (-left, qw - right, -top, qh - bottom))
+    return y if b is None else y + b[:, None, None]
 
 
 def _torch_max_pool2d(x, kernel, stride):
@@ -136,12 +176,15 @@ SPECS = [
     OpSpec(
         "conv2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True, cases=_conv2d_cases,
         torch=_torch_conv2d,
-        doc="y[n,o] = b[o] + sum_c,i,j w[o,c,i,j] x_pad[n,c,h*sh+i,w*sw+j] (cross-correlation, zero padding)",
+        doc="y[n,o] = b[o] + sum_c,i,j w[o,c,i,j] x_pad[n,c,h*sh+i,w*sw+j] (cross-correlation, zero padding); "
+            "padding int, (h, w), ((top, bottom), (left, right)) or 'tf_same' (nbclust.convshape)",
     ),
     OpSpec(
         "conv_transpose2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True,
         cases=_conv_transpose2d_cases, torch=_torch_conv_transpose2d,
-        doc="adjoint of conv2d in its input; w is (Cin, Cout, kh, kw); H_out = (H-1)s - 2p + k + output_padding",
+        doc="adjoint of conv2d in its input; w is (Cin, Cout, kh, kw); H_out = (H-1)s + k - top - bottom "
+            "+ output_padding (padding: the crop of the full output, any form of nbclust.convshape; "
+            "'tf_same': H_out = H s, Keras' Conv2DTranspose)",
     ),
     OpSpec(
         "max_pool2d", inputs=("x",), differentiable=("x",), cases=_max_pool2d_cases, aux=("indices",),

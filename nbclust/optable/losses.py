@@ -204,13 +204,6 @@ def _subspace_cases(rng):
     ]
 
 
-def _balance_cases(rng):
-    return [
-        Case((_rows(rng, 6, 4),), label="6x4"),
-        Case((_rows(rng, 1, 3),), label="batch 1"),
-    ]
-
-
 # ---------------------------------------------------------------- torch equivalents
 
 
@@ -282,11 +275,6 @@ def _torch_subspace(z, labels, n_clusters):
     return ((zt - zt @ h.T @ torch.linalg.pinv(h @ h.T) @ h) ** 2).sum()
 
 
-def _torch_balance(p):
-    f = p.mean(0)
-    return (f * (f * p.shape[1]).log()).sum()
-
-
 # ---------------------------------------------------------------- the table
 
 SPECS = [
@@ -353,10 +341,5 @@ SPECS = [
         torch=_torch_subspace,
         doc="DCTL eq 5: ||Z - Z H^T (H H^T)^-1 H||_F^2 = sum_n ||z_n - mean of z over cluster(n)||^2; "
             "gradient 2 (z_n - mean_cluster(n)); empty clusters contribute nothing",
-    ),
-    OpSpec(
-        "balance_kl", inputs=("p",), differentiable=("p",), cases=_balance_cases, torch=_torch_balance,
-        doc="DEPICT: KL(f||u) = sum_k f_k log(K f_k), f_k = mean_i p_ik, u uniform; "
-            "d/dp_ik = (log(K f_k) + 1) / N",
     ),
 ]
