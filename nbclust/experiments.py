@@ -61,11 +61,11 @@ BUDGET = {
     "dctl-2l-piecemeal": {"epochs": 10},
     "dctl-1l-piecemeal": {"epochs": 10},
 }
-SMOKE = {"n_images": 2000, "runs": {"kmeans": {"n_init": 5}, "dbc": {"pretrain_epochs": 20, "epochs": 5, "batch_size": 64}},
-         "thresholds": {"dbc": 0.50}, "margin_over_kmeans": -0.05}
-# Measured (2026-11-23): k-means 0.578, DBC 0.571 in 31 s.  Issue 7 asks DBC >= 0.70 and well above
-# k-means; the current DBC does not get there at this budget (docs/results.md), so the smoke test is
-# a regression guard at the measured level until it does.
+SMOKE = {"n_images": 2000, "runs": {"kmeans": {"n_init": 5}, "dbc": {"pretrain_epochs": 20, "epochs": 20, "batch_size": 64}},
+         "thresholds": {"dbc": 0.63}, "margin_over_kmeans": 0.05}
+# Measured (2026-11-28, stage II Adam 1e-3): k-means 0.578, FCAE-KMS 0.575, DBC 0.6585 (stage II
+# at 1e-4 as before: 0.617).  Issue 7 asked DBC >= 0.70 on this subset; the FCAE features stay near
+# raw k-means (docs/results.md), so the guard sits just under the measured level.
 # Published (ACC, NMI) per (run, data set), with the source (papers in shared/seeds, see its README).
 PAPER = {
     ("dcae", "mnist-full"): (0.9214, 0.8497, "seed 000/001 (DCAE)"),

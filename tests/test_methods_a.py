@@ -327,3 +327,60 @@ def test_size_rules_match_the_papers():
     assert fcae_plan(28, 28) == FCAE_TABLE[28] and fcae_plan(16, 16) == FCAE_TABLE[16]
     assert fcae_plan(32, 32) == ([(3, 20, 1)] * 3, 160)
     assert dcec_sizes(28) == (14, 7, 3, False) and dcec_sizes(32) == (16, 8, 4, True)
+
+
+# ------------------------------------------------------------ eq 7 and stage II options
+
+
+@pytest.mark.parametrize("mode", ["previous", "current"])
+def test_dcae_eq7_averages_the_new_embeddings_over_the_chosen_clusters(mode):
+    """Seed 000 eq 7: c_m^t = mean of h^t(x_n) over the members of c_m at epoch t-1 ("previous");
+    "current" is the Lloyd step over the members eq 6 just found."""
+    from nbclust.methods.dcae import EmbeddedKMeans
+
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(40, 3))
+    est = DCAE(4, center_update=mode)
+    est.cluster_centers_ = H[:4].copy()
+    est.assign_ = rng.integers(0, 4, size=40)
+    previous = est.assign_.copy()
+    est._embed_all = lambda X: H
+    record = EmbeddedKMeans().end_epoch(est, None)
+    new = np.argmin(((H[:, None] - H[None, :4]) ** 2).sum(-1), axis=1)  # eq 6 with c^{t-1}
+    members = previous if mode == "previous" else new
+    expected = np.stack([H[members == k].mean(0) for k in range(4)])
+    np.testing.assert_allclose(est.cluster_centers_, expected)
+    np.testing.assert_array_equal(est.assign_, new)
+    assert record["changed"] == pytest.approx(np.mean(new != previous))
+    by_previous, by_new = (np.stack([H[m == k].mean(0) for k in range(4)]) for m in (previous, new))
+    assert not np.allclose(by_previous, by_new)  # the two modes give different centres here
+
+
+def test_dcae_centre_update_modes_both_cluster_toys_and_resume_exactly(tmp_path):
+    X, y = toy_images()
+    for mode in ("previous", "current"):
+        est = DCAE(4, random_state=0, center_update=mode, **TOY_SETTINGS[DCAE]).fit(X)
+        assert cluster_acc(y, est.labels_) >= 0.95, mode
+    states = []
+    full = DCAE(4, random_state=0, epochs=4, batch_size=20).fit(X, callback=lambda e, r: states.append(e.training_state()))
+    resumed = DCAE(4, random_state=0, epochs=4, batch_size=20).fit(X, resume=states[1])
+    np.testing.assert_array_equal(full.labels_, resumed.labels_)  # assign_ travels with the state
+
+
+@pytest.mark.parametrize("mode", ["frozen", "batch"])
+def test_dbc_stage_two_batch_norm_mode(mode):
+    """"frozen": stage II leaves the stage I running statistics alone; "batch" trains on batch
+    statistics (Caffe's TRAIN phase), so the running statistics move."""
+    from nbclust import nn
+
+    X, y = toy_images()
+    stats = {}
+
+    def snapshot(est, record):
+        bn = next(m for m in est.modules_["encoder"].layers if isinstance(m, nn.BatchNorm2d))
+        stats[record["phase"]] = np.array(bn.running_mean)
+
+    est = DBC(4, random_state=0, cluster_bn=mode, tol=0.0, **TOY_SETTINGS[DBC]).fit(X, callback=snapshot)
+    moved = not np.allclose(stats["pretrain"], stats["cluster"])
+    assert moved == (mode == "batch")
+    assert cluster_acc(y, est.labels_) >= 0.95

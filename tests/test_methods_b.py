@@ -443,3 +443,56 @@ def test_reference_and_cpu_backends_agree():
     losses = [DCTL(3, backend=b, random_state=0, epochs=1).fit(x).history_[0]["loss"]
               for b in ("reference", "cpu")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+# ------------------------------------------------------------ DCTL input scaling (issue 15)
+
+
+
+def _vecs(n=24, d=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1, 1, d)) * np.linspace(0.1, 5, d) + np.arange(d)  # features on other scales
+    x[:, :, :, 3] = 7.0  # a constant feature
+    return x.astype(np.float32)
+
+
+def test_dctl_input_scale_minmax_is_prescaled_none():
+    """Default "minmax" = "none" on the features mapped to [0, 1] with the training min and range
+    (a constant feature maps to 0); predict/transform reuse the training statistics."""
+    x = _vecs()
+    lo, hi = x.min(0), x.max(0)
+    span = np.where(hi > lo, hi - lo, 1)
+    xs = (x - lo) / span
+    a = DCTL(3, backend="reference", random_state=0, epochs=2).fit(x)
+    b = DCTL(3, backend="reference", random_state=0, epochs=2, input_scale="none").fit(xs)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_allclose(a.transform(x), b.transform(xs), rtol=1e-6, atol=1e-6)
+    new = _vecs(n=6, seed=1)
+    np.testing.assert_allclose(a.transform(new), b.transform((new - lo) / span), rtol=1e-6, atol=1e-6)
+
+
+def test_dctl_input_scale_not_applied_to_images():
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 12, 12)).astype(np.float32) * 0.5
+    a = DCTL(2, backend="reference", random_state=0, epochs=1).fit(x)
+    b = DCTL(2, backend="reference", random_state=0, epochs=1, input_scale="none").fit(x)
+    np.testing.assert_array_equal(a.transform(x), b.transform(x))
+
+
+def test_dctl_input_scale_save_load_and_resume(tmp_path):
+    x = _vecs()
+    est = DCTL(3, backend="reference", random_state=0, epochs=2).fit(x)
+    est.save(tmp_path / "m.npz")
+    back = DCTL.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.predict(x), est.labels_)
+    np.testing.assert_allclose(back.transform(x), est.transform(x))
+    states = []
+    DCTL(3, backend="reference", random_state=0, epochs=2).fit(
+        x, callback=lambda e, r: states.append(e.training_state()))
+    resumed = DCTL(3, backend="reference", random_state=0, epochs=2).fit(x, resume=states[0])
+    np.testing.assert_array_equal(resumed.labels_, est.labels_)
+
+
+def test_dctl_input_scale_validated():
+    with pytest.raises(ValueError, match="input_scale"):
+        DCTL(2, backend="reference", input_scale="zscore").fit(_vecs())

@@ -7,8 +7,15 @@ network, of K distinct samples drawn from the estimator's Generator.  Then each 
 1. with the centres c^{t-1} fixed, SGD on E = E1 + E2 over mini-batches of 100:
    E1 = -(1/N) sum_n sum_p [x log x^ + (1 - x) log(1 - x^)]   (eq 3, summed over pixels p)
    E2 = lambda/(2N) sum_n ||h_n - c*_n||^2,  c*_n the centre nearest to h_n   (eq 4)
-2. assign every sample to its nearest centre (eq 6) and move each centre to the
-   mean of its samples (eq 7).
+2. assign every sample to its nearest centre c^{t-1} (eq 6), and move each centre to the
+   mean of the new embeddings h^t(x_n) of the samples it held (eq 7).
+
+Which samples eq 7 averages (``center_update``): the paper, "the cluster center is updated
+using the sample assignment computed in the previous epoch", c_m^t = sum_{x_n in c_m^{t-1}}
+h^t(x_n) / |c_m^{t-1}|: the new embeddings of the cluster's members at epoch t-1
+(``"previous"``, default); the assignment of epoch 0 is that of the initial embedding to the
+initial centres.  ``"current"`` averages over the members just found by eq 6 (a Lloyd step,
+nbclust's behaviour before 2026-11-28).
 
 A cluster left empty by eq 6 is re-seeded at the embedding of the sample farthest from
 its own centre (largest first, one sample per empty cluster), so no mean divides by zero.
@@ -51,7 +58,7 @@ from nbclust import optim
 from nbclust.methods import architectures
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 from nbclust.methods.clustering import update_centers
-from nbclust.methods.params import COMMON_PARAMS, Param, Params
+from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
 
 DCAE_PARAMS = COMMON_PARAMS + Params(
@@ -64,6 +71,8 @@ DCAE_PARAMS = COMMON_PARAMS + Params(
     Param("embedding_dim", int, 10, "size of the embedding h", ge=1),
     Param("activation", str, "relu", "hidden activations (relu: ReLU layers, linear embedding)",
           choices=("relu", "sigmoid"), paper="sigmoid"),
+    Param("center_update", str, "previous", "eq 7 averages the new embeddings over the clusters of the "
+          "previous epoch (the paper) or of this epoch's eq 6 (a Lloyd step)", choices=("previous", "current")),
     Param("lr_pixels", int, 64, "the SGD step is lr * lr_pixels / P (P values per image); None: lr",
           ge=1, none=True, paper=None),
 )
@@ -77,6 +86,7 @@ class RandomCentres(Step):
     def run(self, est, X):
         pick = est._rng.choice(X.shape[0], est.n_clusters, replace=False)
         est.cluster_centers_ = est._embed_all(X[np.sort(pick)])
+        est.assign_ = est._assign(est._embed_all(X))  # the epoch-0 assignment eq 7 first averages over
 
 
 class EmbeddedKMeans(Phase):
@@ -106,9 +116,12 @@ class EmbeddedKMeans(Phase):
 
     def end_epoch(self, est, X):
         H = est._embed_all(X)
-        labels = est._assign(H)  # eq 6
-        est.cluster_centers_ = update_centers(H, labels, est.cluster_centers_)  # eq 7
-        return {}
+        labels = est._assign(H)  # eq 6, with c^{t-1}
+        members = est.assign_ if est.center_update == "previous" else labels
+        est.cluster_centers_ = update_centers(H, members, est.cluster_centers_)  # eq 7
+        changed = float(np.mean(labels != est.assign_))
+        est.assign_ = labels
+        return {"changed": changed}
 
 
 class DCAE(AutoencoderMixin, DeepClusterer):
@@ -118,6 +131,10 @@ class DCAE(AutoencoderMixin, DeepClusterer):
     """
 
     hyperparameters = DCAE_PARAMS
+    attributes = (
+        Attr("assign_", "ndarray of shape (N,)", "assignments of the last epoch (eq 6); eq 7 of the next "
+             "epoch averages over them", state="array"),
+    )
     phases = (RandomCentres(), EmbeddedKMeans())
     _min_size = 6
 

@@ -36,11 +36,24 @@ Input (``reading``)
       with h <= sqrt(D): 300 -> 15 x 20), then 9 x 9 filters and 2 x 2 pooling
       as for images (the paper's sizes taken literally).
     Images (height > 1) always get the 2-D transform (``reading`` is unused).
-    Features are used as given.  Mfeat.py normalises each view first (l. 758
-    ``normalizeData(X[vw_idx].T)``; the function is not in the release) and the
-    paper says nothing; a per-feature standardisation of DSIFT-PCA helps k-means
-    a lot on Yale B (``docs/results.md``), which is a choice for the feature
-    pipeline, not for DCTL.
+
+Input scaling (``input_scale``, feature vectors only)
+    - ``"minmax"`` (default): each feature mapped to [0, 1] with the minimum and
+      range of the training data (``input_min_``, ``input_range_``; reused by
+      ``transform`` / ``predict``; a constant feature maps to 0).  Mfeat.py
+      normalises every view before the transform (l. 757-758
+      ``X[vw_idx] = normalizeData(X[vw_idx].T)``, an (N, d) matrix) with a helper
+      that is in none of the group's releases (DeConFCluster, DeConFuse, ConFuse,
+      DeConDFFuse, all commits).  Its kind follows from the losses the released
+      notebooks print: rerunning the released code (seed 42, its configuration),
+      the epoch losses under [0, 1] min-max scaling (Mfeat piecemeal 340 / 280 /
+      270 for epochs 1-3, the notebook's 335 / 282 / 273) match; z-scores
+      (409-460 / 307-316 / 288-290), per-sample L2 (261 / 258) and no scaling
+      (5e7 in the first batch) do not.  Per-feature rather than per-sample
+      min-max: the group's own scaler (DeConFuse ``codes/data_processing.py`` at
+      43dcb07, l. 200-204, ``mode='myMaxMin'``).  The paper says nothing.
+    - ``"none"``: the features as given.
+    Images (height > 1) are never rescaled: they are already in [0, 1].
 
 Transform (Fig. 1)
     T1 = ``n_filters`` filters ("same" zero padding, no bias: eq 1's ``t_m * x``
@@ -201,6 +214,9 @@ DCTL_PARAMS = COMMON_PARAMS + Params(
     Param("loss_scale", str, "code", "loss scaling: mean data and k-means terms, regulariser unscaled per batch "
           "(code, the released code) or eq 6's sums, regulariser scaled by b/N (paper)",
           choices=("code", "paper"), paper="paper"),
+    Param("input_scale", str, "minmax", "scaling of a feature-vector input: each feature to [0, 1] with the "
+          "training data's min and range, as the authors' code normalises its input (minmax), or none; images "
+          "are never rescaled", choices=("minmax", "none")),
     Param("standardize", bool, False, "end the transform with a per-feature standardisation (in neither the "
           "paper nor the code)"),
     Param("assign", str, "batch", "k-means of the joint phase: fresh on each batch's features (batch, the "
@@ -475,6 +491,10 @@ class DCTL(DeepClusterer):
         Attr("codes_", "array of shape (N, d)", "the learnt codes Z (backend array)", state="array"),
         Attr("code_labels_", "ndarray of shape (N,)", "the last tracked full-data partition (P2)", state="array"),
         Attr("transform_", "DCTLTransform", "the transform T and its batch objective"),
+        Attr("input_min_", "ndarray or None", "per-feature minimum of the training vectors (input_scale='minmax')",
+             state="array"),
+        Attr("input_range_", "ndarray or None", "per-feature range of the training vectors (1 where constant)",
+             state="array"),
     )
     phases = (CodesInit(), TransformLearning(), JointClustering(), FinalClustering())
     _vector_min = 4  # features of a vector input (pool="always": two 2-wide max-pools)
@@ -500,9 +520,22 @@ class DCTL(DeepClusterer):
                              f"(needs at least {self._vector_min})")
         self._vector_check = vector
         try:
-            return super()._check_X(X, fitted=fitted)
+            X = super()._check_X(X, fitted=fitted)
         finally:
             self._vector_check = False
+        if not vector or self.input_scale == "none":
+            return X
+        if not fitted:  # min-max statistics of the training data (module docstring, "Input scaling")
+            lo, span = X.min(axis=0), X.max(axis=0) - X.min(axis=0)
+            self.input_min_, self.input_range_ = lo, np.where(span > 0, span, 1).astype(X.dtype)
+        elif getattr(self, "input_min_", None) is None:
+            raise ValueError("this model has no input scaling statistics (saved before input_scale existed?)")
+        return (X - self.input_min_) / self.input_range_
+
+    def _init_fit_state(self):
+        kept = getattr(self, "input_min_", None), getattr(self, "input_range_", None)  # from _check_X, just before
+        super()._init_fit_state()
+        self.input_min_, self.input_range_ = kept
 
     # ------------------------------------------------------------ hooks
     def _check_params(self):
