@@ -60,16 +60,11 @@ def _fd_check(params, loss, rng, n_dirs=5, h=1e-6):
 
 # ------------------------------------------------------------ objective gradients
 
-@pytest.mark.parametrize("mean", [False, True], ids=["paper", "code"])
-@pytest.mark.parametrize("n_layers", [1, 2])
-def test_dctl_objective_gradient(n_layers, mean):
-    rng = np.random.default_rng(0)
-    tr = DCTLTransform(1, n_layers=n_layers, backend="reference", dtype=np.float64, rng=1)
-    x = rng.random((6, 1, 8, 8))
-    d = tr.forward(x).shape[1]
+def _check_batch_loss_gradient(tr, x, d, rng, *, reg_scale, mean):
+    """Central differences of DCTL's batch objective w.r.t. the filters and the codes Z, float64."""
     z = np.abs(rng.normal(size=(6, d)))
     labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
-    kw = dict(lam=0.3, mu=0.7, n_clusters=3, reg_scale=0.5, mean=mean)  # lam large so that the log-det is felt
+    kw = dict(lam=0.3, mu=0.7, n_clusters=3, reg_scale=reg_scale, mean=mean)  # lam large: the log-det is felt
 
     def loss():
         return tr.batch_loss(x, z, labels, **kw)[0]["loss"]
@@ -80,6 +75,16 @@ def test_dctl_objective_gradient(n_layers, mean):
     assert set(terms) == {"fidelity", "reg", "kmeans", "loss"}
     err = _fd_check([(p.data, p.grad.copy()) for p in tr.filters] + [(z, g_z)], loss, rng)
     assert err <= 1e-6
+
+
+@pytest.mark.parametrize("mean", [False, True], ids=["paper", "code"])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_dctl_objective_gradient(n_layers, mean):
+    rng = np.random.default_rng(0)
+    tr = DCTLTransform(1, n_layers=n_layers, backend="reference", dtype=np.float64, rng=1)
+    x = rng.random((6, 1, 8, 8))
+    d = tr.forward(x).shape[1]
+    _check_batch_loss_gradient(tr, x, d, rng, reg_scale=0.5, mean=mean)
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
@@ -239,19 +244,7 @@ def test_dctl_objective_gradient_vector_readings(reading, n_layers, mean):
     x = rng.normal(size=(6, 1, 1, D))
     d = tr.forward(x).shape[1]
     assert d == 3 * lay["out"][0] * lay["out"][1]
-    z = np.abs(rng.normal(size=(6, d)))
-    labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
-    kw = dict(lam=0.3, mu=0.7, n_clusters=3, reg_scale=1.0 if mean else 0.5, mean=mean)
-
-    def loss():
-        return tr.batch_loss(x, z, labels, **kw)[0]["loss"]
-
-    for p in tr.filters:
-        p.grad[...] = 0
-    terms, g_z = tr.batch_loss(x, z, labels, **kw)
-    assert set(terms) == {"fidelity", "reg", "kmeans", "loss"}
-    err = _fd_check([(p.data, p.grad.copy()) for p in tr.filters] + [(z, g_z)], loss, rng)
-    assert err <= 1e-6
+    _check_batch_loss_gradient(tr, x, d, rng, reg_scale=1.0 if mean else 0.5, mean=mean)
 
 
 def test_dctl_1d_reading_is_a_convolution_along_the_vector():
