@@ -43,8 +43,10 @@ def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", bac
 
     Decoder: dense 250 -> reshape 250x1x1 -> convT (a x a, 4 maps) -> convT (b x b, C maps).
     ``activation="sigmoid"`` (the paper, seed 001: "a standard sigmoid activation function"):
-    sigmoid after every hidden layer and the embedding.  ``"relu"``: ReLU after the hidden
-    layers, a linear embedding.  Either way the decoder's last layer is linear: it returns
+    sigmoid after every hidden layer.  ``"relu"``: ReLU after the hidden layers.  The
+    embedding keeps the paper's sigmoid either way: it bounds h to (0, 1)^d, so E2 (eq 4)
+    cannot grow with the embedding's scale (why that matters: :mod:`nbclust.methods.dcae`).
+    The decoder's last layer is linear: it returns
     logits, and the image is their sigmoid, fused into the cross-entropy (op
     ``bce_with_logits``, Caffe's SigmoidCrossEntropyLoss as in DCAE's base network) so that
     a saturated output keeps its gradient; ``DCAE.reconstruct`` applies the sigmoid.
@@ -59,26 +61,20 @@ def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", bac
     (momentum 0.9; bias gradient ~1 against ~0.2 for the weights, from fitting the mean
     image).  If the 4 channels end negative for every sample, nothing revives them: the
     decoder output is one constant image, E1 stays at 39.3 and ACC at 0.32 (seed 0).
-    Digits, 30 epochs, seeds 0-19, ACC mean / min / seeds whose 4-map layer died:
-    bias 0: 0.721 / 0.319 / {0, 6}; 0.01: 0.718 / 0.398 / {5, 6}; 0.05: 0.743 / 0.580 / none
-    (but 3 of 4 channels dead after epoch 1 at 3 seeds); 0.1: 0.740 / 0.631 / none (at most
-    1 channel dead at any seed, after epoch 1 or 30); 0.2: 0.753 / 0.657 / none.  Tried and
-    rejected: MatConvNet's "xavier" U(+-sqrt(3 / fan_in)) (the paper used MatConvNet): the
-    4-map convT survives but the encoder's 4-map conv dies instead at seeds 5 and 19 (ACC
-    0.10-0.11), mean 0.652; half the step (``lr_pixels=32``) or an output bias at the logit
-    of the mean pixel: seed 0 still dies.
+    Bias 0.1 was chosen from digits runs at biases 0 to 0.2 (seeds 0-19): the smallest at
+    which no seed lost more than one of its 4 maps.  Tried and rejected: MatConvNet's "xavier" U(+-sqrt(3 /
+    fan_in)) (the encoder's 4-map conv died instead), half the step, an output bias at the
+    logit of the mean pixel (measurements: ``docs/results.md``).
 
     Known deviation: the paper's second transposed conv has 4 maps (17x17 at 28x28); its
     base network (Turchenko & Luczak, Caffe) then merges them with a 1x1 transposed conv
-    ("deconv1neur").  Here the b x b transposed conv maps straight to C channels.  Measured
-    with that 1x1 layer: it does not prevent the death (zero biases: 2 of seeds 0-4 dead;
-    bias 0.1: seed 3 of 0-19 dead, mean 0.725, min 0.397), so it is not used.
+    ("deconv1neur").  Here the b x b transposed conv maps straight to C channels: with that
+    1x1 layer the 4 maps still died (``docs/results.md``).
     """
     if activation not in ("sigmoid", "relu"):
         raise ValueError(f"activation must be 'sigmoid' or 'relu', got {activation!r}")
     kw = _kw(backend, dtype, rng)
     act = (lambda: nn.Sigmoid(**kw)) if activation == "sigmoid" else (lambda: nn.ReLU(**kw))
-    emb_act = [nn.Sigmoid(**kw)] if activation == "sigmoid" else []
     C, H, W = image_shape
     (kh, ah, bh), (kw_, aw, bw) = dcae_kernels(H), dcae_kernels(W)
     feat = 4 * (H - 2 * (kh - 1)) * (W - 2 * (kw_ - 1))
@@ -87,7 +83,7 @@ def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", bac
         nn.Conv2d(8, 4, (kh, kw_), **kw), act(),
         nn.Flatten(**kw),
         nn.Linear(feat, hidden, **kw), act(),
-        nn.Linear(hidden, embedding_dim, **kw), *emb_act,
+        nn.Linear(hidden, embedding_dim, **kw), nn.Sigmoid(**kw),
     )
     dec = nn.Sequential(
         nn.Linear(embedding_dim, hidden, **kw), act(),
