@@ -67,13 +67,14 @@ One ambiguity, an option: ``init``.  Seed 001 initialises "using Xavier method [
 MatConvNet.  MatConvNet's "xavier" is U(+-sqrt(3 / (kh kw in))), ``in`` the layer's input
 channels, transposed convs included (``"matconvnet"``, default: the paper's toolbox); ref
 [16] (Glorot & Bengio) is U(+-sqrt(6 / (fan_in + fan_out))) (``"glorot"``, the default
-before 2026-11-28).  Measured: the ReLU network trains a little faster with ``"matconvnet"``
-(MNIST-test, 50 epochs: ACC 0.562 / E1 103.2 against 0.536 / 105.6; digits, 30 epochs,
-seeds 0-9: mean 0.754 against 0.726, min 0.673).  The all-sigmoid network at step 0.006
+before 2026-11-28).  Measured with the ReLU network: E1 lower at every epoch with
+``"matconvnet"`` (MNIST-test: 224.5 / 123.2 / 103.2 against 230.7 / 129.0 / 106.4 at epochs
+1 / 10 / 50), ACC equal within noise (50 epochs: 0.535 against 0.536 through the runner);
+digits, 30 epochs, seeds 0-9: mean 0.754 against 0.726, min 0.673 against 0.662.  The all-sigmoid network at step 0.006
 stays at the mean image with ``"glorot"`` (E1 306.8 for 12 epochs); with MatConvNet's
 bounds it left the mean image at epoch 7 in one draw of the weights (std of the embedding
-0.007 -> 0.24, E1 185 by epoch 13, ACC 0.56 at epoch 60) but not in another (epoch 32, seed
-0), and counting a transposed conv's fan on its output channels (torch's and Caffe's
+0.007 -> 0.24, E1 185 by epoch 13, ACC 0.56 at epoch 60) but not in the estimator's draws
+at seeds 0-3 (32-40 epochs each), and counting a transposed conv's fan on its output channels (torch's and Caffe's
 convention) it stayed there for 10 epochs.
 
 Measured results (digits, ReLU and sigmoid networks): ``docs/results.md``.
