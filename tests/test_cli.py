@@ -291,9 +291,11 @@ def test_exit_status_no_traceback(tmp_path):
 
 
 def test_ctrl_c_checkpoints_then_resumes(tmp_path):
+    """Ctrl-C after the first epoch.  The run lasts 40 x 0.15 s so that the signal lands before
+    it ends even on a loaded machine (at 40 x 0.05 s a run with 4 other jobs finished first)."""
     import signal
 
-    args = ["--method", "fake", "--epochs", "40", "--pretrain-epochs", "1", "--param", "sleep=0.05",
+    args = ["--method", "fake", "--epochs", "40", "--pretrain-epochs", "1", "--param", "sleep=0.15",
             "--checkpoint-every", "0", "--seed", "7"]
     p = subprocess.Popen(cli(*args, "--out", tmp_path / "run"), stderr=subprocess.PIPE, text=True)
     first = p.stderr.readline()  # one epoch finished
