@@ -64,10 +64,11 @@ def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", ini
     a saturated output keeps its gradient; ``DCAE.reconstruct`` applies the sigmoid.
     Weights (``init``): ``"matconvnet"``, :func:`matconvnet_xavier` (the paper's "Xavier
     method" as MatConvNet, its toolbox, implements it), or ``"glorot"``, U(+-sqrt(6 / (fan_in +
-    fan_out))) (Glorot & Bengio, the paper's ref [16]).  Biases: zero (the paper), except that in the ReLU network every layer followed
-    by a ReLU starts with bias ``RELU_BIAS`` = 0.1, the usual guard against dead ReLUs
-    ("a slightly positive initial bias to avoid dead neurons", 0.1: TensorFlow's Deep MNIST
-    tutorial; Krizhevsky et al. 2012 used 1 for the same reason).  Why: Glorot's fan average
+    fan_out))) (Glorot & Bengio, the paper's ref [16]).  Biases: zero (the paper), except that
+    in the ReLU network every layer followed by a ReLU starts with bias ``RELU_BIAS`` = 0.1,
+    the usual guard against dead ReLUs ("a slightly positive initial bias to avoid dead
+    neurons", 0.1: TensorFlow's Deep MNIST tutorial; Krizhevsky et al. 2012 used 1 for the
+    same reason).  Why: Glorot's fan average
     shrinks the expanding decoder layers (dense 10 -> 250: bound 0.15; convT 250 -> 4 maps on
     a 1x1 map: 0.038), so with zero biases the 4-map convT's pre-activations start within ~0.02 of 0
     for every sample (8x8 digits) while SGD moves its biases by ~0.1 in the first epoch
