@@ -291,13 +291,15 @@ def test_exit_status_no_traceback(tmp_path):
 
 
 def test_ctrl_c_checkpoints_then_resumes(tmp_path):
-    """Ctrl-C after the first epoch.  The run lasts 40 x 0.15 s so that the signal lands before
-    it ends even on a loaded machine (at 40 x 0.05 s a run with 4 other jobs finished first)."""
+    """Ctrl-C after the first epoch.  The child gets SIGINT's default action back: a shell
+    that starts the tests in the background (``nohup ... &``) leaves SIGINT ignored, Python
+    then installs no KeyboardInterrupt handler, and the run would simply finish."""
     import signal
 
-    args = ["--method", "fake", "--epochs", "40", "--pretrain-epochs", "1", "--param", "sleep=0.15",
+    args = ["--method", "fake", "--epochs", "40", "--pretrain-epochs", "1", "--param", "sleep=0.05",
             "--checkpoint-every", "0", "--seed", "7"]
-    p = subprocess.Popen(cli(*args, "--out", tmp_path / "run"), stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cli(*args, "--out", tmp_path / "run"), stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = p.stderr.readline()  # one epoch finished
     assert first.startswith("[pretrain] epoch 1"), first
     p.send_signal(signal.SIGINT)
