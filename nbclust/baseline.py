@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from nbclust.io import load_state, save_state
+from nbclust.methods.clustering import nearest
 from nbclust.methods.params import ANY, COMMON_PARAMS, Declared, Param, Params
 
 KMEANS_PARAMS = Params(
@@ -92,9 +93,7 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         return self._flat(X)
 
     def predict(self, X):
-        Z = self._flat(X)
-        C = self.cluster_centers_
-        return np.argmin((Z**2).sum(1)[:, None] - 2 * Z @ C.T + (C**2).sum(1), axis=1).astype(np.int64)
+        return nearest(self._flat(X), self.cluster_centers_)
 
     def save(self, path):
         meta = {"class": type(self).__name__, "params": self.get_params(), "image_shape": list(self.image_shape_)}

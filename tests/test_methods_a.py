@@ -174,6 +174,7 @@ def test_dcae_embedding_is_bounded_so_e2_cannot_grow_with_its_scale(activation):
     """The embedding keeps the paper's sigmoid under either activation (see dcae.py): however
     large the last dense layer's weights, h stays in (0, 1)^d and E2 <= lambda d / 2."""
     from nbclust import nn
+    from nbclust.methods.clustering import nearest
 
     X, _ = _digits()
     est = DCAE(10, random_state=0, epochs=1, activation=activation).fit(X[:200])
@@ -183,8 +184,7 @@ def test_dcae_embedding_is_bounded_so_e2_cannot_grow_with_its_scale(activation):
     H = est.transform(X[:200])
     assert H.min() >= 0 and H.max() <= 1
     centres = H[:10]
-    nearest = ((H[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
-    e2, _ = est._loss("kmeans_compactness", H, centres, nearest, lam=est.lam)
+    e2, _ = est._loss("kmeans_compactness", H, centres, nearest(H, centres), lam=est.lam)
     assert e2 <= est.lam * 10 / 2
 
 

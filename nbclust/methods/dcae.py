@@ -87,7 +87,7 @@ import numpy as np
 from nbclust import optim
 from nbclust.methods import architectures
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer
-from nbclust.methods.clustering import update_centers
+from nbclust.methods.clustering import nearest, update_centers
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
 
@@ -140,9 +140,8 @@ class EmbeddedKMeans(Phase):
         n_pixels = int(np.prod(x.shape[1:]))
         e1, (g_logits, _) = est._loss("bce_with_logits", logits, x)  # eq 3 (mean), times pixels: sum over p
         c = b.asarray(est.cluster_centers_, est._dtype)
-        d = (h * h).sum(1)[:, None] - 2 * h @ c.T + (c * c).sum(1)[None, :]
-        nearest = b.xp.argmin(d, axis=1).astype(np.int64)  # c*_n (eq 6 with c^{t-1})
-        e2, (g_h, _, _) = est._loss("kmeans_compactness", h, c, nearest, lam=est.lam)  # eq 4
+        c_star = nearest(h, c)  # c*_n (eq 6 with c^{t-1})
+        e2, (g_h, _, _) = est._loss("kmeans_compactness", h, c, c_star, lam=est.lam)  # eq 4
         g_h = g_h + dec.backward(g_logits * n_pixels)
         enc.backward(g_h, input_grad=False)
         return {"E1": e1 * n_pixels, "E2": e2, "loss": e1 * n_pixels + e2}

@@ -104,17 +104,10 @@ class ConvTranspose2d(_Affine):
         super().__init__(**kwargs)
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
-        if isinstance(padding, str) and padding != convshape.TF_SAME:
-            raise ValueError(f"ConvTranspose2d: padding must be an int or a pair (of ints, or of (before, after) "
-                             f"pairs) or '{convshape.TF_SAME}', got {padding!r}")
+        # the op's own checks: padding forms ("same" refused), output_padding < stride, 0 with "tf_same"
+        convshape.resolve_transpose_padding(padding, kernel_size, stride, output_padding)
         self.kernel_size, self.stride, self.padding = convshape.normalize_conv_args(kernel_size, stride, padding)
         self.output_padding = convshape.normalize_pair(output_padding, "output_padding")
-        if min(self.output_padding) < 0 or any(q >= s for q, s in zip(self.output_padding, self.stride)):
-            raise ValueError(
-                f"output_padding {self.output_padding} must be non-negative and smaller than stride {self.stride}")
-        if self.padding == convshape.TF_SAME and self.output_padding != (0, 0):
-            raise ValueError(f"ConvTranspose2d: output_padding must be 0 with padding='{convshape.TF_SAME}' "
-                             f"(the output is input * stride), got {self.output_padding}")
         self._init_params((self.in_channels, self.out_channels, *self.kernel_size), bias, self.out_channels, init)
 
     def forward(self, x):
