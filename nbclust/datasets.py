@@ -1,8 +1,10 @@
 """Image data sets by name or path: ``load(name_or_path) -> (X, y)``.
 
 ``X`` is ``uint8`` (0..255) of shape (N, H, W) for grayscale or (N, C, H, W) for colour,
-except ``.npy``/``.npz`` files, which keep their dtype (float images must be finite);
-``y`` is an ``int64`` label vector or ``None``.
+except ``.npy``/``.npz`` files, which keep their dtype (float images must be finite; an
+(N, H, W, C) array is refused as channels-last); ``y`` is an ``int64`` label vector or ``None``:
+integer labels only (integer-valued floats are converted exactly; NaN, non-integer or string
+labels are refused, naming the file).
 
 Named sets (files are looked for, in order, in ``data_home``, ``$NBCLUST_DATA``,
 ``~/.cache/nbclust`` and the system folders ``/usr/share/datasets``,
@@ -29,7 +31,8 @@ replaces the URL by ``<MIRROR>/<set>/<file>``.
 
 Paths: ``.npz`` (array ``x``, optional ``y``), ``.npy`` (memory-mapped), an IDX file (raw
 or ``.gz``; labels are read from the matching ``labels-idx1`` file beside it when present) or a
-folder of PNG images (one sub-folder per class gives labels).
+folder of PNG images (one sub-folder per class gives labels; see :func:`load_png_folder`).
+:func:`content_digest` is a data set's identity on ``--resume``.
 """
 
 from __future__ import annotations
