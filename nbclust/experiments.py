@@ -371,7 +371,7 @@ def record_fit(folder) -> dict:
         "features": features, "n_images": metrics["n_images"], "acc": metrics["acc"], "nmi": metrics["nmi"],
         "ari": metrics["ari"], "seconds": metrics["wall_seconds"], "threads": metrics.get("threads"),
         **epoch_seconds(history), "finished": finished, "history": history,
-        "command": metrics.get("command") or f"python -m nbclust.fit --config {folder / 'config.toml'}",
+        "command": metrics.get("command") or f"python -m nbclust.fit --config {folder.resolve() / 'config.toml'}",
         "commands": metrics.get("commands"), "config": config, "recorded_from": str(folder.resolve()),
     }
 

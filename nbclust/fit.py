@@ -262,11 +262,11 @@ def _read_checkpoint(folder):
 
 
 def _resume_changes(opts, resume):
-    """``{param: {"from": old, "to": new}}``: the schedule parameters (epoch caps, stopping rules:
-    the estimator's ``_schedule_params``) this resume changes; a ``ValueError`` naming the flags
-    when it would change anything else of the model."""
+    """``{param: {"from": old, "to": new}}``: the schedule parameters this resume changes (epoch
+    caps, patiences, stopping thresholds: the entries of the estimator's table declared
+    ``schedule=True``); a ``ValueError`` naming the flags when it would change anything else."""
     old_est, new_est = _estimator({**DEFAULTS, **resume.opts}), _estimator(opts)
-    schedule = set(getattr(new_est, "_schedule_params", ()))
+    schedule = set(getattr(getattr(new_est, "hyperparameters", None), "schedule", ()))
     free = schedule | set(getattr(new_est, "_model_free_params", ())) | {"verbose"}
     old, new = old_est.get_params(), new_est.get_params()
     flags = {"n_clusters": "--n-clusters", "random_state": "--seed", "backend": "--backend",

@@ -61,8 +61,12 @@ class RunDir:
             raise ValueError(f"{where}: {first} is a file, not a folder")
         try:
             for folder in reversed(missing):
-                folder.mkdir()
-                self.created.append(folder)
+                try:
+                    folder.mkdir()
+                    self.created.append(folder)
+                except FileExistsError:  # a concurrent run made it: the lock decides
+                    if not folder.is_dir():
+                        raise
             self._lock(where)
             if not (in_place or self._holds_run(run_id)):
                 others = [p for p in self.path.iterdir() if p.name != LOCK and not io.is_stale(p)]

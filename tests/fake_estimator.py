@@ -18,9 +18,14 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from nbclust.io import load_state, save_state
 
 
+class _Table(tuple):
+    """What the command line reads of a ``Params`` table: the ``schedule=True`` entries."""
+
+    schedule = ("epochs", "pretrain_epochs")  # may change on resume
+
+
 class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
     _model_free_params = ("verbose", "backend", "sleep", "save_sleep", "diverge_at")
-    _schedule_params = ("epochs", "pretrain_epochs")  # may differ on resume
 
     def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0, epochs=3,
                  pretrain_epochs=1, batch_size=64, lr=0.5, alpha=2.0, sleep=0.0, diverge_at=0, save_sleep=0.0):
@@ -57,7 +62,7 @@ class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         self.cluster_centers_, self.history_, epoch = None, [], 0
         if resume is not None:
             arrays, meta = resume
-            free = (*self._model_free_params, *self._schedule_params)
+            free = (*self._model_free_params, *self.hyperparameters.schedule)
             mine = {k: v for k, v in self.get_params().items() if k not in free}
             if meta.get("class") != type(self).__name__ or {k: meta["params"][k] for k in mine} != mine:
                 raise ValueError("state is from another method or other hyperparameters")
@@ -129,3 +134,8 @@ class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         est = cls(**meta["params"])
         est.W_, est.cluster_centers_ = arrays["W"], arrays["centers"]
         return est
+
+
+# set outside the class body: the command line reads a class body's ``hyperparameters = ...`` as a
+# Params table without importing the module (nbclust.methods.params.read_hyperparameters)
+FakeClusterer.hyperparameters = _Table()

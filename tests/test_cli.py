@@ -365,12 +365,12 @@ def test_pca_with_fewer_images_than_components_says_so(tmp_path, capsys, monkeyp
 
 
 def test_real_method_resumes_with_a_changed_epoch_cap(tmp_path, capsys, monkeypatch):
-    """Needs the estimators' declared schedule parameters (``_schedule_params``, issue 24's estimator side)."""
+    """Needs the tables' schedule parameters (``Param(schedule=True)``, issue 24's estimator side)."""
     from nbclust.methods import estimator_class
     from nbclust.rundir import RunDir
 
-    if not getattr(estimator_class("dcae"), "_schedule_params", ()):
-        pytest.skip("the estimators declare no _schedule_params yet")
+    if "epochs" not in getattr(estimator_class("dcae").hyperparameters, "schedule", ()):
+        pytest.skip("the estimators' tables declare no schedule parameters yet")
     x, y = load("digits")
     np.savez(tmp_path / "d300.npz", x=x[:300], y=y[:300])
 
