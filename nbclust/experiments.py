@@ -210,11 +210,10 @@ def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, fi
 
         with _thread_limit(threads):
             X = as_estimator_input(features_for(features, X), est)
-    t0 = time.perf_counter()
-    def progress(_, r):
-        if log is not None:
-            log("    " + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    from nbclust.progress import Progress
 
+    t0 = time.perf_counter()
+    progress = Progress(est, quiet=log is None, write=None if log is None else lambda line: log("    " + line))
     with _thread_limit(threads):
         est.fit(X, y, callback=progress)
     wall = time.perf_counter() - t0

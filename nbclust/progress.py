@@ -48,17 +48,18 @@ def format_record(record, elapsed, position=None, left=None) -> str:
 
 
 class Progress:
-    """Callback for ``fit``: advances a tqdm bar on stderr (a terminal only) and prints one line per epoch."""
+    """Callback for ``fit``: advances a tqdm bar on stderr (a terminal only) and prints one line per
+    epoch, or hands each line to ``write`` (then no bar)."""
 
-    def __init__(self, est, *, quiet=False, stream=None):
+    def __init__(self, est, *, quiet=False, stream=None, write=None):
         self.stream = stream or sys.stderr
-        self.quiet = quiet
+        self.quiet, self.write = quiet, write
         self.start = time.perf_counter()
         self.caps = phase_caps(est)
         self.total = total_epochs(est)
         self.seconds: dict = {}  # phase -> seconds of its epochs run by this process
         self.bar = None
-        if not quiet and self.total > 1 and self.stream.isatty():
+        if not quiet and write is None and self.total > 1 and self.stream.isatty():
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -82,7 +83,9 @@ class Progress:
         if len(self.caps) > 1 and phase in self.caps:
             left += f" in {phase}"
         line = format_record(record, time.perf_counter() - self.start, position, left)
-        if self.bar is not None:
+        if self.write is not None:
+            self.write(line)
+        elif self.bar is not None:
             self.bar.update(1)
             self.bar.write(line, file=self.stream)
         else:

@@ -70,6 +70,7 @@ def test_run_suite_records_and_resumes(tmp_path, fake_runs):
     assert recs[1]["params"] == {"alpha": 3.0, "epochs": 2}
     assert set(recs[1]["seconds_per_epoch"]) == {"pretrain", "cluster"}
     assert recs[0]["acc"] == 1.0  # three far-apart blobs
+    assert "    [pretrain] epoch 1/3  loss=" in "\n".join(logs) and "at most" in logs[-2]  # progress: epoch/cap, time left
     # a second invocation skips both (an interrupted suite resumes by skipping finished runs)
     assert ex.run_suite("smoke", out, loader=blobs, log=logs.append) == []
     assert sum(m.startswith("skip") for m in logs) == 2
