@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbclust.io import atomic_path
+from nbclust.io import atomic_path, remove_stale
 
 SYSTEM_DIRS = ("/usr/share/datasets", "/usr/local/share/datasets")
 MIRROR: str | None = None
@@ -220,6 +220,7 @@ def fetch(sub, files, data_home=None) -> Path:
     base = MIRROR or os.environ.get("NBCLUST_MIRROR")
     folder = Path(data_home or Path.home() / ".cache" / "nbclust").expanduser() / sub
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale(folder)  # partial downloads of killed processes
     for name in files:
         target = folder / name
         if target.exists():

@@ -491,15 +491,16 @@ def _check_path_params(opts, est):
     """File-valued hyperparameters (DEPICT's ``--weights``) must be readable ``.npz`` files of arrays."""
     import numpy as np
 
+    params = est.get_params()
     for param, (flag, by_method) in method_flags().items():
-        p = by_method.get(opts["method"])
-        value = est.get_params().get(param)
+        p, value = by_method.get(opts["method"]), params.get(param)
         if p is None or "path" not in p.types or not isinstance(value, (str, os.PathLike)):
             continue
         try:
-            with np.load(value, allow_pickle=False) as f:
-                if not hasattr(f, "files"):
-                    raise ValueError("a single array, not an .npz of named arrays")
+            f = np.load(value, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not named arrays")
+            with f:
                 for name in f.files:
                     f[name]
         except FileNotFoundError:

@@ -30,16 +30,12 @@ CHECKPOINT = "checkpoint.npz"
 
 
 class RunDir:
-    """``--out DIR`` of one run; ``flag`` names it in error messages."""
+    """``--out DIR`` of one run."""
 
-    def __init__(self, path, flag="--out"):
+    def __init__(self, path):
         self.path = Path(path)
-        self.flag = flag
         self.created: list[Path] = []  # folders this run made, outermost first
         self._lock_fd = None
-
-    def __str__(self):
-        return str(self.path)
 
     # ------------------------------------------------------------------ claim, release
     def claim(self, *, run_id=None, in_place=False):
@@ -47,7 +43,7 @@ class RunDir:
         (and nothing left behind).  ``DIR`` must be new or empty, except that resuming in place
         (``in_place``) accepts the run's own folder, and resuming run ``run_id`` into another folder
         accepts one whose checkpoint is of the same run."""
-        where = f"{self.flag} {self.path}"
+        where = f"--out {self.path}"
         if self.path.is_symlink() and not self.path.exists():
             raise ValueError(f"{where} is a symlink to the missing {os.readlink(self.path)}; create that folder "
                              "or name another one")

@@ -374,14 +374,17 @@ def test_progress_line_shows_epoch_out_of_cap_and_time_left(tmp_path, capsys):
     assert lines[2].startswith("[cluster] epoch 3/3 ") and lines[2].endswith("at most 0.0s left)")
 
 
-def test_weights_that_are_not_an_npz_of_arrays_are_refused(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name, reason", [("w.pkl", "it holds pickled Python objects, which nbclust never loads"),
+                                          ("w.npy", "a single array, not named arrays")])
+def test_weights_that_are_not_an_npz_of_arrays_are_refused(name, reason, tmp_path, capsys, monkeypatch):
     pytest.importorskip("nbclust.methods.depict")
     import pickle
 
     (tmp_path / "w.pkl").write_bytes(pickle.dumps({"a": 1}))
+    np.save(tmp_path / "w.npy", np.zeros(3))
     small_npz(tmp_path / "d.npz", size=28)
     fit_must_not_run(monkeypatch)
-    code, _, err = run(["--method", "depict", "--data", tmp_path / "d.npz", "--weights", tmp_path / "w.pkl",
+    code, _, err = run(["--method", "depict", "--data", tmp_path / "d.npz", "--weights", tmp_path / name,
                         "--out", tmp_path / "o"], capsys)
-    assert code == 2 and f"--weights {tmp_path / 'w.pkl'}: not an .npz file of numeric arrays" in err, err
-    assert "pickled Python objects, which nbclust never loads" in err and not (tmp_path / "o").exists()
+    assert code == 2 and err == f"error: --weights {tmp_path / name}: not an .npz file of numeric arrays ({reason})\n"
+    assert not (tmp_path / "o").exists()
