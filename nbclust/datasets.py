@@ -1,8 +1,10 @@
 """Image data sets by name or path: ``load(name_or_path) -> (X, y)``.
 
 ``X`` is ``uint8`` (0..255) of shape (N, H, W) for grayscale or (N, C, H, W) for colour,
-except ``.npy``/``.npz`` files, which keep their dtype (float images must be finite);
-``y`` is an ``int64`` label vector or ``None``.
+except ``.npy``/``.npz`` files, which keep their dtype (float images must be finite; an
+(N, H, W, C) array is refused as channels-last); ``y`` is an ``int64`` label vector or ``None``:
+integer labels only (integer-valued floats are converted exactly; NaN, non-integer or string
+labels are refused, naming the file).
 
 Named sets (files are looked for, in order, in ``data_home``, ``$NBCLUST_DATA``,
 ``~/.cache/nbclust`` and the system folders ``/usr/share/datasets``,
@@ -29,7 +31,8 @@ replaces the URL by ``<MIRROR>/<set>/<file>``.
 
 Paths: ``.npz`` (array ``x``, optional ``y``), ``.npy`` (memory-mapped), an IDX file (raw
 or ``.gz``; labels are read from the matching ``labels-idx1`` file beside it when present) or a
-folder of PNG images (one sub-folder per class gives labels).
+folder of PNG images (one sub-folder per class gives labels; see :func:`load_png_folder`).
+:func:`content_digest` is a data set's identity on ``--resume``.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbclust.io import atomic_path
+from nbclust.io import atomic_path, remove_stale
 
 SYSTEM_DIRS = ("/usr/share/datasets", "/usr/local/share/datasets")
 MIRROR: str | None = None
@@ -217,6 +220,7 @@ def fetch(sub, files, data_home=None) -> Path:
     base = MIRROR or os.environ.get("NBCLUST_MIRROR")
     folder = Path(data_home or Path.home() / ".cache" / "nbclust").expanduser() / sub
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale(folder)  # partial downloads of killed processes
     for name in files:
         target = folder / name
         if target.exists():
@@ -263,11 +267,21 @@ def _load_npz(path):
         with np.load(path, allow_pickle=False) as d:
             if "x" not in d.files:
                 raise ValueError(f"{path}: no array 'x' in the .npz (found {', '.join(d.files) or 'none'})")
-            return d["x"], (d["y"] if "y" in d.files else None)
+            return _npz_array(d, "x", path), (_npz_array(d, "y", path) if "y" in d.files else None)
     except ValueError:
         raise
     except Exception as exc:  # truncated zip, bad CRC, ...
         raise ValueError(f"{path}: truncated or corrupt .npz file ({exc})") from None
+
+
+def _npz_array(d, name, path):
+    try:
+        return d[name]
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise ValueError(f"{path}: array {name!r} holds Python objects (dtype object), which nbclust does not "
+                         "load (it never unpickles); save it as a numeric array, e.g. np.stack(...)") from None
 
 
 def _load_npy(path):
@@ -278,13 +292,22 @@ def _load_npy(path):
 
 
 def load_png_folder(folder):
-    """PNG images of ``folder`` (sorted); one sub-folder per class gives labels."""
+    """PNG images of ``folder`` (sorted); one sub-folder per class gives labels.  Hidden entries
+    are ignored; images beside class sub-folders, or folders inside a class folder, are refused
+    (nothing is dropped silently)."""
     folder = Path(folder)
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    if classes:
-        files = [(f, k) for k, c in enumerate(classes) for f in sorted(c.glob("*.png"))]
-    else:
-        files = [(f, -1) for f in sorted(folder.glob("*.png"))]
+    classes, top = _png_entries(folder)
+    if classes and top:
+        raise ValueError(f"{folder}: {len(top)} .png images at the top level beside {len(classes)} class "
+                         f"sub-folders ({', '.join(c.name for c in classes[:3])}{', ...' if len(classes) > 3 else ''}); "
+                         "move every image into a class sub-folder, or the sub-folders out")
+    files = [(f, -1) for f in top]
+    for k, c in enumerate(classes):
+        nested, images = _png_entries(c)
+        if nested:
+            raise ValueError(f"{c}: a class folder holds sub-folders ({nested[0].name}); "
+                             "nbclust reads one level of class folders")
+        files += [(f, k) for f in images]
     if not files:
         raise ValueError(f"{folder}: no .png images found (empty dataset)")
     images = [read_png(f) for f, _ in files]
@@ -294,9 +317,27 @@ def load_png_folder(folder):
     return np.stack(images), y
 
 
+def _png_entries(folder):
+    """(sub-folders, .png files) of ``folder``, sorted, hidden entries skipped."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    return [p for p in entries if p.is_dir()], [p for p in entries if p.suffix.lower() == ".png" and p.is_file()]
+
+
 def read_png(path) -> np.ndarray:
-    """A PNG as uint8 (H, W) or (3, H, W) (alpha dropped); matplotlib if present, else a small reader."""
+    """A PNG as uint8 (H, W) or (3, H, W) (alpha dropped); matplotlib if present, else a small reader.
+    An unreadable file is a ``ValueError`` naming it."""
     path = Path(path)
+    try:
+        return _read_png(path)
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: not a readable PNG image ({exc})") from None
+    except Exception as exc:  # PIL: SyntaxError "not a PNG file", UnidentifiedImageError, truncated data, ...
+        raise ValueError(f"{path}: not a readable PNG image ({type(exc).__name__}: {exc})") from None
+
+
+def _read_png(path):
     try:
         import matplotlib.image as mpimg
     except ImportError:
@@ -370,10 +411,34 @@ def _checked(x, y, source):
         raise ValueError(f"{source}: images must be numeric, got dtype {x.dtype}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ValueError(f"{source}: images contain NaN or Inf pixels; clean or drop them")
-    if y is not None:
-        y = np.asarray(y)
-        y = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
-        if y.ndim != 1 or len(y) != x.shape[0]:
-            raise ValueError(f"{source}: {len(y) if y.ndim else 0} labels for {x.shape[0]} images")
-        y = y.astype(np.int64)
-    return x, y
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        raise ValueError(f"{source}: images of shape {x.shape} look channels-last (N, H, W, C); nbclust reads "
+                         "(N, C, H, W): save x.transpose(0, 3, 1, 2)")
+    return x, None if y is None else _labels(y, x.shape[0], source)
+
+
+def _labels(y, n, source):
+    """``y`` as int64: integer (or integer-valued float) labels only, one per image."""
+    y = np.asarray(y)
+    y = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"{source}: {len(y) if y.ndim else 0} labels for {n} images")
+    if y.dtype.kind in "iub":
+        return y.astype(np.int64)
+    if y.dtype.kind != "f":
+        raise ValueError(f"{source}: labels must be integers, got dtype {y.dtype} (label 0 is {y[0].item()!r}); "
+                         "number the classes 0..K-1")
+    bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)) | (np.abs(y) >= 2.0**63))
+    if bad.size:
+        raise ValueError(f"{source}: labels must be integers, label {bad[0]} is {y[bad[0]].item()!r} "
+                         f"({bad.size} non-integer labels); number the classes 0..K-1")
+    return y.astype(np.int64)
+
+
+def content_digest(x) -> str:
+    """SHA-256 of the images' dtype, shape and every pixel: the identity of a data set on ``--resume``."""
+    h = hashlib.sha256(f"{x.dtype.str} {tuple(x.shape)}".encode())
+    flat = x.reshape(len(x), -1)
+    for i in range(0, len(flat), 4096):
+        h.update(np.ascontiguousarray(flat[i : i + 4096]).tobytes())
+    return h.hexdigest()

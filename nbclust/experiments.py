@@ -20,6 +20,13 @@ commands; text between ``<!-- notes -->`` and ``<!-- /notes -->`` in an existing
 ``--features dsift-pca`` runs every method on DSIFT -> PCA(300) features instead of the pixels
 (:mod:`nbclust.features`; computed once per data set and cached on disk); such runs have their own
 keys and show ``features=dsift-pca`` in the report's settings column.
+
+``--record DIR`` (repeatable) appends a finished ``python -m nbclust.fit --out DIR`` run to the log
+instead of running anything: suite ``fit``, the run name of its method and settings (the
+parameters that differ from the estimator's defaults), its metrics, history, options
+(``config.toml``) and command, so that every result quoted anywhere can be a row of the log.
+``--report`` refuses a log that does not exist (a mistyped ``--out`` would otherwise report
+every row "not run").
 """
 
 from __future__ import annotations
@@ -152,6 +159,7 @@ def append_record(path, record) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    io.remove_stale(path.parent)  # temporaries of killed appends (dead pids, nbclust's names only)
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
@@ -202,31 +210,34 @@ def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, fi
 
         with _thread_limit(threads):
             X = as_estimator_input(features_for(features, X), est)
-    t0 = time.perf_counter()
-    def progress(_, r):
-        if log is not None:
-            log("    " + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    from nbclust.progress import Progress
 
+    t0 = time.perf_counter()
+    progress = Progress(est, quiet=log is None, write=None if log is None else lambda line: log("    " + line))
     with _thread_limit(threads):
         est.fit(X, y, callback=progress)
     wall = time.perf_counter() - t0
     labels = np.asarray(est.labels_)
     history = [{k: v for k, v in r.items() if isinstance(v, (int, float, str))} for r in est.history_]
-    per_epoch = {}
-    for r in history:
-        per_epoch.setdefault(r.get("phase", "?"), []).append(float(r.get("seconds", 0.0)))
     record = {
         "key": run_key(suite, data, name, seed, params, features), "suite": suite, "data": data, "run": name,
         "method": method, "seed": seed, "params": params, "features": features, "n_images": int(len(X)),
         "acc": cluster_acc(y, labels), "nmi": nmi(y, labels), "ari": ari(y, labels),
-        "seconds": round(wall, 2), "threads": threads or _cpu_threads(),
-        "seconds_per_epoch": {p: round(float(np.mean(s)), 3) for p, s in per_epoch.items()},
-        "epochs_run": {p: len(s) for p, s in per_epoch.items()},
+        "seconds": round(wall, 2), "threads": threads or _cpu_threads(), **epoch_seconds(history),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "history": history,
     }
     if figures is not None:
         record["figure"] = write_figure(Path(figures), suite, data, name, est, X, y, labels, history, seed)
     return record
+
+
+def epoch_seconds(history) -> dict:
+    """``seconds_per_epoch`` (mean, per phase) and ``epochs_run`` (per phase) of a history."""
+    per_epoch: dict = {}
+    for r in history:
+        per_epoch.setdefault(r.get("phase", "?"), []).append(float(r.get("seconds") or 0.0))
+    return {"seconds_per_epoch": {p: round(sum(s) / len(s), 3) for p, s in per_epoch.items()},
+            "epochs_run": {p: len(s) for p, s in per_epoch.items()}}
 
 
 def _cpu_threads():
@@ -318,6 +329,78 @@ def run_suite(suite, out, *, datasets=None, runs=None, seeds=None, params=(), da
         new.append(rec)
         log(f"  ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f}  {rec['seconds']:.1f} s")
     return new
+
+
+# ------------------------------------------------------------------------- recorded runs
+_NOT_SETTINGS = ("random_state", "verbose", "n_clusters", "backend")
+
+
+def run_name(method, params) -> str:
+    """The :data:`RUNS` name of a ``method`` fit with estimator ``params``: the most specific run of
+    the method whose fixed parameters all match (``depict`` with ``target="paper"`` is
+    ``depict-paper``), else the method's name."""
+    names = [n for n, (m, fixed) in RUNS.items() if m == method and all(params.get(k) == v for k, v in fixed.items())]
+    return max(names, key=lambda n: len(RUNS[n][1]), default=method)
+
+
+def record_fit(folder) -> dict:
+    """The log record of the finished ``python -m nbclust.fit --out folder`` run (suite ``fit``)."""
+    import tomllib
+
+    folder = Path(folder)
+    metrics = _read_json(folder / "metrics.json")
+    if "acc" not in metrics:
+        raise ValueError(f"{folder / 'metrics.json'}: no ACC (the data had no labels); the log holds labelled runs")
+    try:
+        config = tomllib.loads((folder / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{folder / 'config.toml'}: not readable ({exc})") from None
+    history = read_history(folder / "history.csv")
+    method, params = metrics["method"], metrics.get("params", {})
+    name = run_name(method, params)
+    defaults = _estimator_class(method)().get_params()
+    settings = {k: v for k, v in params.items() if k not in _NOT_SETTINGS and k in defaults and v != defaults[k]}
+    settings.update(RUNS.get(name, (method, {}))[1])
+    features, seed = metrics.get("features", "none"), params.get("random_state", config.get("seed", 0))
+    finished = metrics.get("finished") or time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime((folder / "metrics.json").stat().st_mtime))
+    return {
+        "key": run_key("fit", metrics["data"], name, seed, settings, features), "suite": "fit",
+        "data": metrics["data"], "run": name, "method": method, "seed": seed, "params": settings,
+        "features": features, "n_images": metrics["n_images"], "acc": metrics["acc"], "nmi": metrics["nmi"],
+        "ari": metrics["ari"], "seconds": metrics["wall_seconds"], "threads": metrics.get("threads"),
+        **epoch_seconds(history), "finished": finished, "history": history,
+        "command": metrics.get("command") or f"python -m nbclust.fit --config {folder.resolve() / 'config.toml'}",
+        "commands": metrics.get("commands"), "config": config, "recorded_from": str(folder.resolve()),
+    }
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (record a finished python -m nbclust.fit --out DIR run)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable ({exc})") from None
+
+
+def read_history(path) -> list[dict]:
+    """The records of a run's ``history.csv`` (numbers as numbers, empty cells dropped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path}: not readable ({exc.strerror or exc})") from None
+    keys = lines[0].split(",") if lines else []
+    return [{k: _number(v) for k, v in zip(keys, line.split(",")) if v != ""} for line in lines[1:] if line]
+
+
+def _number(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 # ---------------------------------------------------------------------------------- report
@@ -413,9 +496,12 @@ def summarize_latest(records):
 
 
 def write_report(records_path, md_path):
-    """Regenerate ``md_path`` from ``records_path``, keeping its notes section."""
+    """Regenerate ``md_path`` from ``records_path`` (which must exist), keeping its notes section."""
     from nbclust import io
 
+    if not Path(records_path).is_file():
+        raise ValueError(f"--out {records_path}: no such run log, so nothing to report; {md_path} is unchanged "
+                         "(name the log with --out)")
     md_path = Path(md_path)
     notes = ""
     if md_path.exists():
@@ -446,6 +532,8 @@ def build_parser():
     p.add_argument("--out", default="experiments.jsonl", help="JSON-lines run log (default: experiments.jsonl)")
     p.add_argument("--report", metavar="FILE", help="regenerate this Markdown file from --out afterwards")
     p.add_argument("--report-only", action="store_true", help="do not run anything, only --report")
+    p.add_argument("--record", action="append", metavar="DIR", help="do not run anything: append the finished "
+                   "python -m nbclust.fit --out DIR run to --out (repeatable)")
     p.add_argument("--figures", metavar="DIR", help="write one PNG per (data set, run) here (first seed)")
     p.add_argument("--threads", type=int, help="CPU threads for Numba and BLAS (default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -475,13 +563,19 @@ def main(argv=None) -> int:
                 print(f"{d} {n} seed {s} {json.dumps(p, sort_keys=True)}")
             return 0
         cmd = "python -m nbclust.experiments " + " ".join(argv if argv is not None else sys.argv[1:])
-        if not args.report_only:
+        if args.report_only and not args.report:
+            raise ValueError("--report-only needs --report FILE")
+        for folder in args.record or ():
+            rec = record_fit(folder)
+            append_record(args.out, rec)
+            print(f"recorded {folder}: {rec['run']} on {rec['data']} seed {rec['seed']}, ACC {rec['acc']:.4f} -> {args.out}")
+        if not args.report_only and not args.record:
             run_suite(args.suite, args.out, datasets=_split(args.datasets), runs=_split(args.methods), seeds=seeds,
                       params=params, data_home=args.data_home, threads=args.threads, figures=args.figures,
                       log=lambda m: print(m, flush=True), command=cmd, features=args.features)
         if args.report:
             write_report(args.out, args.report)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0

@@ -1,10 +1,13 @@
 """``python -m nbclust.fit``: cluster an image data set with one method and write the results.
 
 Exit status: 0 on success, 2 on a bad argument or bad data (one line ``error: ...`` on stderr,
-nothing written), 130 when interrupted by Ctrl-C (a checkpoint is written first when an epoch
-has finished; continue with ``--resume DIR``).  ``main(argv)`` returns 0 on success and raises
-``SystemExit`` otherwise.  Heavy modules (numpy, numba, sklearn) are imported only after the
-arguments are parsed, so ``--help`` is fast.
+nothing written), on a diverging fit (the estimators' ``FloatingPointError``: ``error: loss became
+NaN in epoch N of phase P; lower --lr``, the last checkpoint kept) and on a failed write (the file
+and the cause named, the training state saved where it can be); 130 when interrupted by Ctrl-C
+(the latest training state is saved first, also during the final write; continue with ``--resume
+DIR``).  The output folder: :mod:`nbclust.rundir`; its files: :mod:`nbclust.results`.
+``main(argv)`` returns 0 on success and raises ``SystemExit`` otherwise.  Heavy modules (numpy,
+numba, sklearn) are imported only after the arguments are parsed, so ``--help`` is fast.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -20,12 +23,12 @@ from pathlib import Path
 from nbclust import __version__
 
 from nbclust.methods import METHODS  # the registry: --method name -> (module, class)
+from nbclust.rundir import CHECKPOINT, RunDir
 
 BACKENDS = ("cpu", "reference", "cuda")
 DATASETS = ("digits", "mnist", "mnist-test", "mnist-full", "fashion-mnist", "fashion-mnist-train",
             "fashion-mnist-test", "usps", "coil20", "yaleb")  # = nbclust.datasets.NAMES
 FEATURES = ("none", "dsift-pca")  # = nbclust.features.FEATURES (not imported here: it loads Numba)
-CHECKPOINT = "checkpoint.npz"
 DEFAULTS = {
     "data": "digits", "data_home": None, "download": False, "n_clusters": None, "backend": "cpu",
     "threads": None, "seed": 0, "out": None, "plot": False, "checkpoint_every": 10, "quiet": False,
@@ -122,13 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, help="array backend (default: cpu)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for Numba and BLAS (default: all)")
     p.add_argument("--seed", type=int, help="random seed: same seed, same labels (default: 0)")
-    p.add_argument("--out", metavar="DIR", help="output folder, must be new or empty "
-                   "(default: ./nbclust-runs/<method>-<data>-<timestamp>)")
+    p.add_argument("--out", metavar="DIR", help="output folder, new or empty, checked and locked before the "
+                   "first epoch; the results are renamed into it, never over it "
+                   "(default: ./nbclust-runs/<method>-<data>-<timestamp>-<pid>)")
     p.add_argument("--plot", action="store_true", help="also write PNG plots (needs matplotlib; default: off)")
     p.add_argument("--checkpoint-every", type=int, metavar="N", help="write DIR/checkpoint.npz every N "
                    "epochs, 0 = only on Ctrl-C (default: 10)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is in DIR "
-                   "(its options are reused; results go to DIR unless --out is given)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is in DIR (its options "
+                   "are reused; results go to DIR unless --out is given; epoch caps and stopping rules may "
+                   "change, --data may name the same content elsewhere, nothing else that changes the model)")
     p.add_argument("--config", metavar="FILE", help="TOML file of options (keys as the long options, "
                    "e.g. n_clusters = 10); command-line flags override it")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the final table (default: off)")
@@ -139,35 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the command line; 0 on success, ``SystemExit`` (2 or 130) otherwise."""
     try:
-        return _run(argv)
+        return _run(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt as exc:
         print(f"interrupted: {exc.args[0] if exc.args else 'no epoch finished, nothing saved'}", file=sys.stderr)
         raise SystemExit(130) from None
-    except (ValueError, OSError, _ArgError) as exc:
+    except (ValueError, OSError, FloatingPointError, _ArgError) as exc:  # FloatingPointError: a diverging fit
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 # ------------------------------------------------------------------------------- options
 def _settings(argv):
-    """The merged options (dict) and the checkpoint to resume from (or None)."""
+    """The merged options (dict) and the run to resume (a :class:`Resume`, or None)."""
     given = vars(build_parser().parse_args(argv))
     if "data" in given:
         given["data"] = _norm_data(given["data"])
     opts = dict(DEFAULTS)
     if "config" in given:
         opts.update(_read_config(given["config"]))
-    checkpoint = None
+    resume = None
     if "resume" in given:
-        checkpoint, saved = _read_checkpoint(Path(given["resume"]))
-        for key in ("method", "data", "features"):
-            if key in given and given[key] != saved.get(key, DEFAULTS.get(key)):
+        resume = _read_checkpoint(Path(given["resume"]))
+        for key in ("method", "features"):
+            if key in given and given[key] != resume.opts.get(key, DEFAULTS.get(key)):
                 raise ValueError(
-                    f"--resume {given['resume']}: the checkpoint is from {key} {saved.get(key, DEFAULTS.get(key))!r}, "
+                    f"--resume {given['resume']}: the checkpoint is from {key} {resume.opts.get(key, DEFAULTS.get(key))!r}, "
                     f"not {given[key]!r}; resume without --{key} or start a new run"
                 )
-        opts.update(saved)
+        opts.update(resume.opts)
         opts["out"] = given.get("out", given["resume"])
+        if "param" in given:  # added to the run's, not instead of them
+            given["param"] = list(resume.opts.get("param", [])) + given["param"]
     opts.update(given)
     if opts.get("method") is None:
         raise ValueError("--method is required (one of " + ", ".join(METHODS) + ")")
@@ -180,7 +187,9 @@ def _settings(argv):
         raise ValueError(f"--checkpoint-every must be >= 0, got {opts['checkpoint_every']}")
     if opts["threads"] is not None and opts["threads"] < 1:
         raise ValueError(f"--threads must be >= 1, got {opts['threads']}")
-    return opts, checkpoint
+    if not 0 <= opts["seed"] < 2**32:
+        raise ValueError(f"--seed must be between 0 and 2**32 - 1, got {opts['seed']}")
+    return opts, resume
 
 
 def _norm_data(data):
@@ -227,6 +236,17 @@ def _check_config_value(path, key, action, value):
         raise ValueError(f"--config {path}: {key} must be {want}, got {value!r}")
 
 
+class Resume:
+    """The run in ``--resume DIR``: its folder, training state, options and run record."""
+
+    def __init__(self, folder, state, opts, run):
+        self.folder, self.state, self.opts, self.run = folder, state, opts, run
+
+    @property
+    def epoch(self):
+        return self.state[1].get("epoch")
+
+
 def _read_checkpoint(folder):
     from nbclust.io import load_state
 
@@ -234,9 +254,43 @@ def _read_checkpoint(folder):
     if not path.exists():
         raise ValueError(f"--resume {folder}: no {CHECKPOINT} there (only runs with checkpoints can be resumed)")
     arrays, meta = load_state(path)
-    if "nbclust_fit" not in meta:
+    saved = meta.pop("nbclust_fit", None)
+    if not isinstance(saved, dict) or saved.get("method") not in METHODS:
         raise ValueError(f"--resume {folder}: {CHECKPOINT} was not written by python -m nbclust.fit")
-    return (arrays, meta), meta.pop("nbclust_fit")
+    run = meta.pop("nbclust_run", None)
+    return Resume(folder, (arrays, meta), saved, run if isinstance(run, dict) else {})
+
+
+def _resume_changes(opts, resume):
+    """``{param: {"from": old, "to": new}}``: the schedule parameters this resume changes (epoch
+    caps, patiences, stopping thresholds: the entries of the estimator's table declared
+    ``schedule=True``); a ``ValueError`` naming the flags when it would change anything else."""
+    old_est, new_est = _estimator({**DEFAULTS, **resume.opts}), _estimator(opts)
+    schedule = set(getattr(getattr(new_est, "hyperparameters", None), "schedule", ()))
+    free = schedule | set(getattr(new_est, "_model_free_params", ())) | {"verbose"}
+    old, new = old_est.get_params(), new_est.get_params()
+    flags = {"n_clusters": "--n-clusters", "random_state": "--seed", "backend": "--backend",
+             **{param: flag for param, (flag, _) in method_flags().items()}}
+
+    def flag(k):
+        return flags.get(k, f"--param {k}")
+
+    model = [k for k in new if k not in free and not _same(old.get(k), new[k])]
+    if model:
+        what = ", ".join(f"{flag(k)} {_value_text(new[k])} (the run has {_value_text(old.get(k))})" for k in model)
+        may = ", ".join(flag(k) for k in sorted(schedule)) or "nothing"
+        raise ValueError(f"--resume {resume.folder}: {what} would change the model; resume without it or start "
+                         f"a new run (what may change on resume: {may})")
+    return {k: {"from": old.get(k), "to": new[k]} for k in sorted(schedule) if not _same(old.get(k), new[k])}
+
+
+def _same(a, b) -> bool:
+    import numpy as np
+
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError):  # arrays
+        return np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def _estimator(opts):
@@ -280,43 +334,40 @@ def _toml_value(text):
         return text
 
 
-def _toml(opts) -> str:
-    """Flat TOML of the options needed to rerun (strings via JSON escapes, which TOML accepts)."""
-    lines = [f"# python -m nbclust.fit --config config.toml  (nbclust {__version__})"]
-    for k, v in opts.items():
-        if v is None or k in ("out", "resume", "config"):
-            continue
-        if isinstance(v, (bool, int, float)):
-            lines.append(f"{k} = {json.dumps(v)}")
-        elif isinstance(v, list):
-            lines.append(f"{k} = [{', '.join(json.dumps(str(x)) for x in v)}]")
-        else:
-            lines.append(f"{k} = {json.dumps(str(v))}")
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------------- run
-def _out_dir(opts, resuming):
+def _out_path(opts) -> Path:
     if opts["out"] is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = Path(str(opts["data"])).name.replace(".", "_")
         opts["out"] = str(Path("nbclust-runs") / f"{opts['method']}-{name}-{stamp}-{os.getpid()}")
-    out = Path(opts["out"])
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is an existing file; name a new folder")
-    if out.is_dir() and any(out.iterdir()) and not (resuming and (out / CHECKPOINT).exists()):
-        hint = f" or --resume {out}" if (out / CHECKPOINT).exists() else ""
-        raise ValueError(f"--out {out} already exists and is not empty; choose a new folder{hint}")
-    return out
+    return Path(opts["out"])
 
 
 def _run(argv):
-    opts, checkpoint = _settings(argv)
-    out = _out_dir(opts, checkpoint is not None)
+    opts, resume = _settings(argv)
+    command = "python -m nbclust.fit " + shlex.join(str(a) for a in argv)
+    changes = _resume_changes(opts, resume) if resume is not None else {}
     if opts["plot"]:
         from nbclust.plots import require_matplotlib
 
         require_matplotlib()
+    out = RunDir(_out_path(opts))
+    out.claim(run_id=resume.run.get("id") if resume else None,
+              in_place=resume is not None and _same_folder(out.path, resume.folder))
+    try:
+        return _fit_and_write(opts, resume, changes, out, command)
+    finally:
+        out.release()
+
+
+def _same_folder(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _fit_and_write(opts, resume, changes, out, command):
     import numpy as np
 
     from nbclust import datasets
@@ -325,7 +376,8 @@ def _run(argv):
         from nbclust.backend import get_backend
 
         get_backend(opts["backend"])  # ValueError for cuda without CuPy or GPU
-    X, y = datasets.load(opts["data"], data_home=opts["data_home"], download=opts["download"])
+    X, y = _load_data(opts, resume)
+    run = _run_record(opts, resume, changes, datasets.content_digest(X), command)
     if opts["n_clusters"] is None:
         if y is None:
             raise ValueError("--n-clusters is required: the data have no labels to count classes from")
@@ -333,46 +385,136 @@ def _run(argv):
     if not 2 <= opts["n_clusters"] <= len(X):
         raise ValueError(f"--n-clusters must be between 2 and the number of images ({len(X)}), got {opts['n_clusters']}")
     est = _estimator(opts)
+    _check_path_params(opts, est)
     _set_threads(opts["threads"])
     feature_info = None
     if opts["features"] != "none":
         X, feature_info = _features(opts, X, est)
-    state = {"last": None, "out": out}
+    state = {"last": None, "epochs": 0}
     t0 = time.perf_counter()
     from nbclust.progress import Progress
 
-    progress = Progress(_total_epochs(est), quiet=opts["quiet"])
+    progress = Progress(est, quiet=opts["quiet"])
 
     def callback(est_, record):
+        state["epochs"] += 1
         if hasattr(est_, "training_state"):
             arrays, meta = est_.training_state()
             meta = json.loads(json.dumps(meta))
             meta["nbclust_fit"] = {k: v for k, v in opts.items() if k not in ("resume", "config")}
+            meta["nbclust_run"] = run
             state["last"] = ({k: np.array(v, copy=True) for k, v in arrays.items()}, meta)
             every = opts["checkpoint_every"]
             if every and record["epoch"] % every == 0:
-                _write_checkpoint(out, state["last"])
+                out.write_checkpoint(state["last"])
         progress(est_, record)
 
     try:
         with _thread_limit(opts["threads"]):
-            est.fit(X, y, callback=callback, resume=checkpoint)
+            est.fit(X, y, callback=callback, resume=resume.state if resume else None)
     except KeyboardInterrupt:
         progress.close()
-        if state["last"] is None:
+        _save_and_stop(out, state["last"])
+    except OSError as exc:  # a checkpoint that could not be written (disk full, ...)
+        progress.close()
+        _save_and_stop(out, state["last"], exc)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        if resume is None or state["epochs"]:
             raise
-        _write_checkpoint(out, state["last"])
-        epoch = state["last"][1].get("epoch")
-        raise KeyboardInterrupt(f"checkpoint of epoch {epoch} saved; continue with --resume {out}") from None
+        raise ValueError(f"--resume {resume.folder}: {CHECKPOINT} is not a complete training state of "
+                         f"{opts['method']} ({type(exc).__name__}: {exc}); it was written by another "
+                         "version of nbclust or changed since") from None
     progress.close()
-    metrics = _write_outputs(out, opts, est, X, y, time.perf_counter() - t0, feature_info)
-    _print_summary(opts, metrics, out)
+    from nbclust import results
+
+    try:
+        metrics = results.write(out, opts, est, X, y, time.perf_counter() - t0, feature_info, run)
+    except KeyboardInterrupt:
+        _save_and_stop(out, state["last"], writing=True)
+    except OSError as exc:
+        _save_and_stop(out, state["last"], exc, writing=True)
+    results.print_summary(opts, metrics, out.path)
     return 0
+
+
+def _save_and_stop(out, last, exc=None, writing=False):
+    """After Ctrl-C (``exc`` None) or a failed write (``exc``): save the latest training state
+    (``DIR/checkpoint.npz``, else a new temporary folder) and stop, saying where it went."""
+    if last is None:
+        if exc is not None:
+            raise exc
+        raise KeyboardInterrupt(*(["while the results were written; nothing saved (the method keeps no "
+                                   "training state)"] if writing else []))
+    epoch = last[1].get("epoch")
+    where, failure = out.save_state_somewhere(last)
+    if where is None:
+        lost = f"the training state of epoch {epoch} could not be saved ({failure})"
+        raise KeyboardInterrupt(lost) if exc is None else ValueError(f"{exc}; {lost}")
+    again = f"--resume {where}" + ("" if where == out.path else f" --out {out.path}")
+    if exc is None:
+        when = " (interrupted while the results were written)" if writing else ""
+        raise KeyboardInterrupt(f"checkpoint of epoch {epoch} saved{when}; continue with {again}")
+    raise ValueError(f"{exc}; the training state of epoch {epoch} is saved in {where / CHECKPOINT}: free some "
+                     f"space, then continue with python -m nbclust.fit {again}")
+
+
+def _load_data(opts, resume):
+    from nbclust import datasets
+
+    data = opts["data"]
+    if resume is not None and data not in DATASETS and not os.path.exists(data):
+        raise ValueError(f"--resume {resume.folder}: the run's data {data} is not there any more; "
+                         "give its new place with --data PATH")
+    return datasets.load(data, data_home=opts["data_home"], download=opts["download"])
+
+
+def _run_record(opts, resume, changes, digest, command) -> dict:
+    """The run's identity and story (saved in its checkpoints and metrics.json): its id, the
+    SHA-256 of its images, the commands that ran it and what each resume changed.  On resume
+    the images must be the same content (the path may differ)."""
+    import uuid
+
+    if resume is None:
+        return {"id": uuid.uuid4().hex, "data_sha256": digest, "commands": [command], "resumes": []}
+    run = resume.run
+    if run.get("data_sha256") not in (None, digest):
+        was = resume.opts.get("data")
+        moved = "" if was == opts["data"] else f" (the run was started on {was})"
+        raise ValueError(f"--resume {resume.folder}: the content of the data {opts['data']} differs from the data "
+                         f"of the run{moved}; resume with the run's data or start a new run")
+    return {**run, "id": run.get("id") or uuid.uuid4().hex, "data_sha256": digest,
+            "commands": [*run.get("commands", []), command],
+            "resumes": [*run.get("resumes", []), {"at_epoch": resume.epoch, "command": command, "changed": changes}]}
+
+
+def _check_path_params(opts, est):
+    """File-valued hyperparameters (DEPICT's ``--weights``) must be readable ``.npz`` files of arrays."""
+    import numpy as np
+
+    params = est.get_params()
+    for param, (flag, by_method) in method_flags().items():
+        p, value = by_method.get(opts["method"]), params.get(param)
+        if p is None or "path" not in p.types or not isinstance(value, (str, os.PathLike)):
+            continue
+        try:
+            f = np.load(value, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not named arrays")
+            with f:
+                for name in f.files:
+                    f[name]
+        except FileNotFoundError:
+            raise ValueError(f"{flag} {value}: no such file") from None
+        except Exception as exc:  # a pickle, an object array, not a zip, ...
+            reason = "it holds pickled Python objects, which nbclust never loads" if "pickle" in str(exc) else str(exc)
+            raise ValueError(f"{flag} {value}: not an .npz file of numeric arrays ({reason})") from None
 
 
 def _features(opts, X, est):
     """(the estimator's input for ``--features``, a record of how the features were made)."""
-    from nbclust.features import as_estimator_input, features_for
+    import inspect
+
+    from nbclust.features import as_estimator_input, dsift_pca, features_for
 
     with _thread_limit(opts["threads"]):
         F, info = features_for(opts["features"], X, return_info=True)
@@ -380,19 +522,17 @@ def _features(opts, X, est):
         how = "read from cache" if info["cached"] else f"computed ({_seconds_text(info['seconds'])})"
         print(f"[features] {opts['features']}: {F.shape[0]} x {F.shape[1]} ({info['n_dsift']}-d descriptors), {how}",
               file=sys.stderr, flush=True)
+    wanted = inspect.signature(dsift_pca).parameters["n_components"].default
+    if F.shape[1] < wanted:
+        print(f"warning: --features {opts['features']}: PCA to {F.shape[1]} dimensions, not {wanted}: PCA keeps at "
+              f"most one per image ({F.shape[0]} images) and per descriptor entry ({info['n_dsift']})",
+              file=sys.stderr, flush=True)
     return as_estimator_input(F, est), {"features": opts["features"], "feature_dim": int(F.shape[1]),
                                         "feature_cached": info["cached"], "feature_seconds": info["seconds"]}
 
 
 def _seconds_text(seconds):
     return ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) if isinstance(seconds, dict) else "?"
-
-
-def _total_epochs(est):
-    if hasattr(est, "epoch_budget"):
-        return est.epoch_budget()
-    p = est.get_params()
-    return int(p.get("epochs", 1) or 0) + int(p.get("pretrain_epochs", 0) or 0)
 
 
 def _set_threads(n):
@@ -412,100 +552,6 @@ def _thread_limit(n):
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(n)
-
-
-def _write_checkpoint(out, state):
-    from nbclust.io import save_state
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_state(out / CHECKPOINT, *state)
-
-
-def _write_outputs(out, opts, est, X, y, wall, feature_info=None):
-    """Write every result into a temporary folder beside ``out`` and rename it onto ``out``."""
-    import platform
-    import tempfile
-
-    import numba
-    import numpy as np
-    import sklearn
-
-    from nbclust import io
-    from nbclust.metrics import ari, cluster_acc, nmi
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        labels = np.asarray(est.labels_, dtype=np.int64)
-        embedding = est.transform(X)
-        history = list(est.history_)
-        metrics = {"method": opts["method"], "data": str(opts["data"]), "n_images": int(len(X)),
-                   "image_shape": list(np.shape(X)[1:]), "n_clusters": int(opts["n_clusters"]),
-                   "features": opts["features"], **(feature_info or {})}
-        if y is not None:
-            metrics.update(acc=cluster_acc(y, labels), nmi=nmi(y, labels), ari=ari(y, labels))
-        metrics.update(
-            wall_seconds=round(wall, 3), epochs=len(history),
-            train_seconds=round(sum(r.get("seconds", 0.0) for r in history), 3),
-            params={k: v for k, v in est.get_params().items() if isinstance(v, (int, float, str, bool, type(None)))},
-            versions={"nbclust": __version__, "numpy": np.__version__, "numba": numba.__version__,
-                      "scikit-learn": sklearn.__version__, "python": platform.python_version()},
-        )
-        io.write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        io.write_npy(tmp / "labels.npy", labels)
-        rows = ["index,label" + (",true_label" if y is not None else "")]
-        rows += [f"{i},{lab}" + (f",{y[i]}" if y is not None else "") for i, lab in enumerate(labels)]
-        io.write_text(tmp / "labels.csv", "\n".join(rows) + "\n")
-        io.write_npy(tmp / "embedding.npy", embedding)
-        io.write_npy(tmp / "centers.npy", np.asarray(est.cluster_centers_))
-        est.save(tmp / "model.npz")
-        io.write_text(tmp / "history.csv", _history_csv(history))
-        io.write_text(tmp / "config.toml", _toml(opts))
-        if opts["plot"]:
-            from nbclust.plots import make_plots
-
-            make_plots(tmp, est, X, y, labels, embedding, history, seed=opts["seed"])
-        tmp.chmod(0o777 & ~io.current_umask())  # mkdtemp makes it 0700
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return metrics
-
-
-def _replace_dir(tmp, out):
-    """Rename ``tmp`` onto ``out``; an existing ``out`` (checkpoint only, or empty) is removed."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
-def _history_csv(history) -> str:
-    keys = []
-    for r in history:
-        keys += [k for k in r if k not in keys]
-    lines = [",".join(keys)]
-    for r in history:
-        lines.append(",".join("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k])) for k in keys))
-    return "\n".join(lines) + "\n"
-
-
-def _print_summary(opts, metrics, out):
-    from nbclust.progress import summary_table
-
-    rows = {"method": opts["method"], "data": metrics["data"], "images": metrics["n_images"],
-            "clusters": metrics["n_clusters"]}
-    if opts["features"] != "none":
-        rows["features"] = f"{opts['features']} ({metrics['feature_dim']}-d)"
-    for k in ("acc", "nmi", "ari"):
-        if k in metrics:
-            rows[k.upper()] = metrics[k]
-    rows.update({"epochs": metrics["epochs"], "fit time": f"{metrics['wall_seconds']:.1f}s", "output": str(out)})
-    print(summary_table(rows))
 
 
 if __name__ == "__main__":

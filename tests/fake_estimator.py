@@ -2,7 +2,9 @@
 
 Embedding: a random projection W (perturbed per batch in "pretrain"); "cluster" epochs run
 mini-batch k-means steps on the embedding.  All randomness from one Generator (saved in
-the training state), so interrupted-and-resumed fits equal uninterrupted ones.
+the training state), so interrupted-and-resumed fits equal uninterrupted ones.  For the CLI's
+failure paths: ``diverge_at=E`` raises the divergence error (a ``FloatingPointError``, as the real
+estimators do) in epoch E, ``save_sleep`` seconds pass inside ``save`` (the final write).
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from nbclust.io import load_state, save_state
 
 
+class _Table(tuple):
+    """What the command line reads of a ``Params`` table: the ``schedule=True`` entries."""
+
+    schedule = ("epochs", "pretrain_epochs")  # may change on resume
+
+
 class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
+    _model_free_params = ("verbose", "backend", "sleep", "save_sleep", "diverge_at")
+
     def __init__(self, n_clusters=10, *, backend="cpu", random_state=None, verbose=0, epochs=3,
-                 pretrain_epochs=1, batch_size=64, lr=0.5, alpha=2.0, sleep=0.0):
+                 pretrain_epochs=1, batch_size=64, lr=0.5, alpha=2.0, sleep=0.0, diverge_at=0, save_sleep=0.0):
         self.n_clusters, self.backend, self.random_state, self.verbose = n_clusters, backend, random_state, verbose
         self.epochs, self.pretrain_epochs, self.batch_size, self.lr = epochs, pretrain_epochs, batch_size, lr
-        self.alpha, self.sleep = alpha, sleep
+        self.alpha, self.sleep, self.diverge_at, self.save_sleep = alpha, sleep, diverge_at, save_sleep
 
     def _flat(self, X):
         X = np.asarray(X)
@@ -52,7 +62,8 @@ class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         self.cluster_centers_, self.history_, epoch = None, [], 0
         if resume is not None:
             arrays, meta = resume
-            mine = {k: v for k, v in self.get_params().items() if k not in ("verbose", "backend")}
+            free = (*self._model_free_params, *self.hyperparameters.schedule)
+            mine = {k: v for k, v in self.get_params().items() if k not in free}
             if meta.get("class") != type(self).__name__ or {k: meta["params"][k] for k in mine} != mine:
                 raise ValueError("state is from another method or other hyperparameters")
             if meta["data"] != data:
@@ -76,6 +87,8 @@ class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
                     self.cluster_centers_[k] += self.lr * (H[a == k].mean(0) - self.cluster_centers_[k])
                 loss += float(((H - self.cluster_centers_[a]) ** 2).sum(1).mean())
             time.sleep(self.sleep)
+            if e + 1 == self.diverge_at:
+                raise FloatingPointError(f"loss became NaN in epoch {e + 1} of phase {phase}; lower --lr")
             record = {"phase": phase, "epoch": e + 1, "loss": loss, "seconds": time.perf_counter() - t0}
             if y is not None and self.cluster_centers_ is not None:
                 lab = self._assign(self._embed(Z))
@@ -111,6 +124,7 @@ class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         return np.asarray(X)
 
     def save(self, path):
+        time.sleep(self.save_sleep)
         save_state(path, {"W": self.W_, "centers": self.cluster_centers_},
                    {"class": type(self).__name__, "params": self.get_params()})
 
@@ -120,3 +134,8 @@ class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         est = cls(**meta["params"])
         est.W_, est.cluster_centers_ = arrays["W"], arrays["centers"]
         return est
+
+
+# set outside the class body: the command line reads a class body's ``hyperparameters = ...`` as a
+# Params table without importing the module (nbclust.methods.params.read_hyperparameters)
+FakeClusterer.hyperparameters = _Table()

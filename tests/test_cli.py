@@ -9,41 +9,17 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_helpers import FAKE, cli, fake_method, run, small_npz  # noqa: F401  (fake_method: a fixture)
 from fake_estimator import FakeClusterer
 from nbclust import fit
 from nbclust.backend import cuda_available
 from nbclust.datasets import load
 
-TESTS = Path(__file__).parent
-FAKE = ["--method", "fake", "--epochs", "2", "--pretrain-epochs", "1", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def fake_method(monkeypatch, tmp_path):
-    monkeypatch.setitem(fit.METHODS, "fake", ("fake_estimator", "FakeClusterer"))
-    monkeypatch.chdir(tmp_path)
-
-
-def run(argv, capsys):
-    """(exit code, stdout, stderr) of ``main(argv)``."""
-    try:
-        code = fit.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def small_npz(path, n=40, size=8, y=True, dtype=np.uint8, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, size, size)).astype(dtype)
-    np.savez(path, **({"x": x, "y": np.arange(n) % 3} if y else {"x": x}))
-    return path
+pytestmark = pytest.mark.usefixtures("fake_method")
 
 
 def test_fake_run_writes_everything(tmp_path, capsys):
@@ -162,6 +138,10 @@ def _bad_cases(tmp):
     np.savez(tmp / "empty.npz", x=np.zeros((0, 8, 8), np.uint8))
     small_npz(tmp / "nolabels.npz", y=False)
     (tmp / "afile").write_text("x")
+    np.savez(tmp / "objects.npz", x=np.array([np.zeros((8, 8)), np.zeros((8, 8))], dtype=object))
+    np.savez(tmp / "rgb_last.npz", x=np.zeros((10, 8, 8, 3), np.uint8), y=np.arange(10) % 2)
+    for name, y in (("nan_label", [0.0, 1.0, np.nan]), ("float_label", [0.0, 0.5, 1.5]), ("str_label", ["a", "b", "c"])):
+        np.savez(tmp / f"{name}.npz", x=np.zeros((3, 8, 8), np.uint8), y=np.array(y))
     ok = ["--method", "fake", "--data", tmp / "ok.npz"]
     return {
         "missing path": (["--method", "fake", "--data", tmp / "nope.npz"], "no such file"),
@@ -193,6 +173,15 @@ def _bad_cases(tmp):
         "bad estimator value": ([*ok, "--alpha", "0.5"], "invalid hyperparameters"),
         "no checkpoint": ([*ok, "--resume", tmp], "no checkpoint.npz"),
         "unknown features": ([*ok, "--features", "hog"], "invalid choice: 'hog'"),
+        "negative seed": ([*ok, "--seed", "-1"], "--seed must be between 0 and 2**32 - 1, got -1"),
+        "huge seed": ([*ok, "--seed", str(2**32)], "--seed must be between 0"),
+        "object npz": (["--method", "fake", "--data", tmp / "objects.npz"], "objects.npz: array 'x' holds Python objects"),
+        "channels last": (["--method", "fake", "--data", tmp / "rgb_last.npz"], "rgb_last.npz: images of shape (10, 8, 8, 3) look channels-last"),
+        "NaN label": (["--method", "fake", "--data", tmp / "nan_label.npz"], "nan_label.npz: labels must be integers, label 2 is"),
+        "float label": (["--method", "fake", "--data", tmp / "float_label.npz"], "float_label.npz: labels must be integers, label 1 is"),
+        "string label": (["--method", "fake", "--data", tmp / "str_label.npz"], "str_label.npz: labels must be integers, got dtype <U1"),
+        "out under a file": ([*ok, "--out", tmp / "afile" / "sub"], f"{tmp / 'afile'} is a file, not a folder"),
+        "out non-empty": ([*ok, "--out", tmp], "already exists and is not empty"),
     }
 
 
@@ -213,8 +202,7 @@ def test_bad_inputs_one_error_line(tmp_path, capsys):
 def test_resume_refuses_other_method_or_data(tmp_path, capsys):
     code, _, err = run([*FAKE, "--checkpoint-every", "1", "--out", tmp_path / "r"], capsys)
     assert code == 0, err
-    # a finished run keeps no checkpoint: make one by hand from the model's run
-    code, _, err = run(["--resume", tmp_path / "r"], capsys)
+    code, _, err = run(["--resume", tmp_path / "r"], capsys)  # a finished run keeps no checkpoint
     assert code == 2 and "no checkpoint.npz" in err
     ck = tmp_path / "ck"
     state = {}
@@ -235,10 +223,11 @@ def test_resume_refuses_other_method_or_data(tmp_path, capsys):
     save_state(ck / "checkpoint.npz", arrays, meta)
     code, _, err = run(["--resume", ck, "--method", "kmeans"], capsys)
     assert code == 2 and "from method 'fake', not 'kmeans'" in err
-    code, _, err = run(["--resume", ck, "--data", "mnist-test"], capsys)
-    assert code == 2 and "from data 'digits', not 'mnist-test'" in err
-    code, _, err = run(["--resume", ck, "--epochs", "5"], capsys)
-    assert code == 2 and "hyperparameters" in err
+    code, _, err = run(["--resume", ck, "--features", "dsift-pca"], capsys)
+    assert code == 2 and "from features 'none', not 'dsift-pca'" in err
+    code, _, err = run(["--resume", ck, "--alpha", "5"], capsys)
+    assert code == 2 and "--alpha 5.0 (the run has 2.0) would change the model" in err, err
+    assert "(what may change on resume: --epochs, --pretrain-epochs)" in err
     code, out, err = run(["--resume", ck], capsys)
     assert code == 0, err
     expected = FakeClusterer(10, epochs=2, pretrain_epochs=1, random_state=0).fit(
@@ -263,16 +252,6 @@ def test_plots_with_matplotlib(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ subprocesses
-WRAPPER = (
-    "import sys; sys.path.insert(0, {tests!r}); import nbclust.fit as f; "
-    "f.METHODS['fake'] = ('fake_estimator', 'FakeClusterer'); sys.exit(f.main(sys.argv[1:]))"
-)
-
-
-def cli(*args):
-    return [sys.executable, "-c", WRAPPER.format(tests=str(TESTS)), *map(str, args)]
-
-
 def test_help_is_fast_and_documents_defaults():
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "nbclust.fit", "--help"], capture_output=True, text=True)
@@ -359,3 +338,53 @@ def test_real_method_rejects_tiny_images(tmp_path, capsys):
     code, _, err = run(["--method", "dcae", "--data", tmp_path / "tiny.npz", "--out", tmp_path / "o"], capsys)
     assert code == 2 and err.startswith("error: ") and "too small" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_real_method_progress_shows_each_phase_out_of_its_cap(tmp_path, capsys):
+    pytest.importorskip("nbclust.methods.dbc")
+    x, y = load("digits")
+    np.savez(tmp_path / "d300.npz", x=x[:300], y=y[:300])
+    code, _, err = run(["--method", "dbc", "--data", tmp_path / "d300.npz", "--pretrain-epochs", 2, "--epochs", 1,
+                        "--param", "n_init=1", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0].startswith("[pretrain] epoch 1/2 ") and lines[0].endswith(" left in pretrain)"), lines[0]
+    assert lines[2].startswith("[cluster] epoch 1/1 (run epoch 3) ") and lines[2].endswith("at most 0.0s left in cluster)")
+
+
+def test_pca_with_fewer_images_than_components_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NBCLUST_CACHE", str(tmp_path / "cache"))
+    x, y = load("digits")
+    np.savez(tmp_path / "d120.npz", x=x[:120], y=y[:120])
+    code, out, err = run(["--method", "kmeans", "--data", tmp_path / "d120.npz", "--features", "dsift-pca", "--quiet",
+                          "--param", "n_init=1", "--out", tmp_path / "o"], capsys)
+    assert code == 0, err
+    assert err == ("warning: --features dsift-pca: PCA to 120 dimensions, not 300: PCA keeps at most one per image "
+                   "(120 images) and per descriptor entry (512)\n")
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["feature_dim"] == 120 and "(120-d)" in out
+
+
+def test_real_method_resumes_with_a_changed_epoch_cap(tmp_path, capsys, monkeypatch):
+    """Needs the tables' schedule parameters (``Param(schedule=True)``, issue 24's estimator side)."""
+    from nbclust.methods import estimator_class
+    from nbclust.rundir import RunDir
+
+    if "epochs" not in getattr(estimator_class("dcae").hyperparameters, "schedule", ()):
+        pytest.skip("the estimators' tables declare no schedule parameters yet")
+    x, y = load("digits")
+    np.savez(tmp_path / "d300.npz", x=x[:300], y=y[:300])
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # Ctrl-C in the final write: the checkpoint of epoch 2
+        m.setattr(RunDir, "results", interrupted)
+        code, _, err = run(["--method", "dcae", "--data", tmp_path / "d300.npz", "--quiet", "--epochs", 2,
+                            "--out", tmp_path / "o"], capsys)
+    assert code == 130 and "checkpoint of epoch 2 saved" in err, err
+    code, _, err = run(["--resume", tmp_path / "o", "--lr", 1.0], capsys)
+    assert code == 2 and "would change the model" in err
+    code, _, err = run(["--resume", tmp_path / "o", "--epochs", 4], capsys)
+    assert code == 0, err
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["epochs"] == 4 and m["resumes"][0]["changed"] == {"epochs": {"from": 2, "to": 4}}

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import http.server
 import struct
+import sys
 import threading
 import zlib
 
@@ -95,6 +96,12 @@ def test_npz_npy_roundtrip(tmp_path, rng):
         (np.zeros((0, 8, 8)), None, "empty"),
         (np.full((3, 4, 4), np.nan), None, "NaN or Inf"),
         (np.zeros((3, 4, 4), np.uint8), np.arange(2), "2 labels for 3 images"),
+        (np.zeros((3, 4, 4), np.uint8), np.array([0.0, np.nan, 1.0]), r"bad.npz: labels must be integers, label 1 is nan"),
+        (np.zeros((3, 4, 4), np.uint8), np.array([0.0, 0.5, 1.5]), r"label 1 is 0.5 \(2 non-integer labels\)"),
+        (np.zeros((3, 4, 4), np.uint8), np.array(["a", "b", "a"]), r"labels must be integers, got dtype <U1"),
+        (np.zeros((3, 8, 8, 3), np.uint8), None, r"bad.npz: images of shape \(3, 8, 8, 3\) look channels-last"),
+        (np.zeros((3, 28, 28, 1), np.uint8), None, "look channels-last"),
+        (np.array([np.zeros((4, 4)), np.zeros((4, 4))], dtype=object), None, "array 'x' holds Python objects"),
     ],
 )
 def test_bad_arrays(tmp_path, x, y, match):
@@ -161,6 +168,56 @@ def test_png_folder(tmp_path, rng):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .png images"):
         datasets.load(tmp_path / "empty")
+
+
+def test_integer_valued_float_labels_become_int64(tmp_path):
+    np.savez(tmp_path / "f.npz", x=np.zeros((3, 4, 4), np.uint8), y=np.array([2.0, 0.0, 1.0]))
+    _, y = datasets.load(tmp_path / "f.npz")
+    assert y.dtype == np.int64 and y.tolist() == [2, 0, 1]
+
+
+def test_png_folder_never_drops_images_silently(tmp_path, rng):
+    img = png_bytes(rng.integers(0, 256, (9, 7), dtype=np.uint8))
+    (tmp_path / "mixed" / "cat").mkdir(parents=True)
+    (tmp_path / "mixed" / "cat" / "a.png").write_bytes(img)
+    (tmp_path / "mixed" / "top.png").write_bytes(img)
+    with pytest.raises(ValueError, match=r"mixed: 1 .png images at the top level beside 1 class sub-folders \(cat\)"):
+        datasets.load(tmp_path / "mixed")
+    (tmp_path / "nested" / "cat" / "kittens").mkdir(parents=True)
+    (tmp_path / "nested" / "cat" / "kittens" / "a.png").write_bytes(img)
+    with pytest.raises(ValueError, match=r"nested/cat: a class folder holds sub-folders \(kittens\)"):
+        datasets.load(tmp_path / "nested")
+    (tmp_path / "case" / ".thumbnails").mkdir(parents=True)  # hidden entries are not images of the set
+    (tmp_path / "case" / "A.PNG").write_bytes(img)
+    (tmp_path / "case" / "b.png").write_bytes(img)
+    assert datasets.load(tmp_path / "case")[0].shape == (2, 9, 7)
+
+
+@pytest.mark.parametrize("matplotlib", [True, False])
+def test_corrupt_png_names_the_file(tmp_path, rng, monkeypatch, matplotlib):
+    if matplotlib:
+        pytest.importorskip("matplotlib")
+    else:
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+        monkeypatch.setitem(sys.modules, "matplotlib.image", None)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "a.png").write_bytes(png_bytes(rng.integers(0, 256, (9, 7), dtype=np.uint8)))
+    (tmp_path / "f" / "b.png").write_bytes(b"GIF89a not a png at all")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'f' / 'b.png'}: not a readable PNG image|{tmp_path / 'f' / 'b.png'}: not a PNG"):
+        datasets.load(tmp_path / "f")
+    (tmp_path / "f" / "b.png").write_bytes(png_bytes(rng.integers(0, 256, (9, 7), dtype=np.uint8))[:40])
+    with pytest.raises(ValueError, match=str(tmp_path / "f" / "b.png")):
+        datasets.load(tmp_path / "f")
+
+
+def test_content_digest_sees_every_pixel(rng):
+    x = rng.integers(0, 256, (100, 8, 8), dtype=np.uint8)
+    changed = x.copy()
+    changed[57, 3, 3] ^= 1
+    assert datasets.content_digest(x) == datasets.content_digest(x.copy())
+    assert datasets.content_digest(changed) != datasets.content_digest(x)
+    assert datasets.content_digest(x.astype(np.int16)) != datasets.content_digest(x)
+    assert datasets.content_digest(x.reshape(100, 1, 8, 8)) != datasets.content_digest(x)
 
 
 def test_named_sets_search_order(tmp_path, rng, monkeypatch):

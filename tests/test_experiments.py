@@ -70,6 +70,7 @@ def test_run_suite_records_and_resumes(tmp_path, fake_runs):
     assert recs[1]["params"] == {"alpha": 3.0, "epochs": 2}
     assert set(recs[1]["seconds_per_epoch"]) == {"pretrain", "cluster"}
     assert recs[0]["acc"] == 1.0  # three far-apart blobs
+    assert "    [pretrain] epoch 1/3  loss=" in "\n".join(logs) and "at most" in logs[-2]  # progress: epoch/cap, time left
     # a second invocation skips both (an interrupted suite resumes by skipping finished runs)
     assert ex.run_suite("smoke", out, loader=blobs, log=logs.append) == []
     assert sum(m.startswith("skip") for m in logs) == 2
@@ -165,6 +166,51 @@ def test_cli_runs_and_reports(tmp_path, fake_runs, monkeypatch, capsys):
     assert ex.main(["--suite", "smoke", "--out", str(out), "--report", str(md)]) == 0
     assert len(ex.read_records(out)) == 2 and "| mnist-test | kmeans | smoke |" in md.read_text()
     assert "--suite smoke" in md.read_text()
+
+
+def test_report_refuses_a_missing_log_and_keeps_the_report(tmp_path, capsys):
+    md = tmp_path / "results.md"
+    md.write_text("measured rows\n")
+    for argv, message in (
+        (["--report-only", "--out", str(tmp_path / "experimnets.jsonl"), "--report", str(md)],
+         f"--out {tmp_path / 'experimnets.jsonl'}: no such run log, so nothing to report; {md} is unchanged"),
+        (["--record", str(tmp_path / "nothing"), "--out", str(tmp_path / "log.jsonl"), "--report", str(md)],
+         f"{tmp_path / 'nothing' / 'metrics.json'}: no such file"),
+        (["--report-only"], "--report-only needs --report FILE"),
+    ):
+        assert ex.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+        assert md.read_text() == "measured rows\n"
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_record_appends_a_finished_fit_run(tmp_path, fake_runs, monkeypatch, capsys):
+    """``--record DIR``: a ``python -m nbclust.fit --out DIR`` run becomes a row of the log and the report."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--method", "fake", "--epochs", "2", "--alpha", "3", "--seed", "4", "--quiet", "--out", "run"]
+    assert fit.main(argv) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    capsys.readouterr()
+    log, md = tmp_path / "log.jsonl", tmp_path / "results.md"
+    assert ex.main(["--record", "run", "--out", str(log), "--report", str(md)]) == 0
+    assert capsys.readouterr().out.startswith("recorded run: fake on digits seed 4, ACC ")
+    (rec,) = ex.read_records(log)
+    assert rec["suite"] == "fit" and rec["run"] == "fake" and rec["seed"] == 4 and rec["data"] == "digits"
+    assert rec["params"] == {"alpha": 3.0, "epochs": 2}  # the settings: what differs from the defaults
+    assert (rec["acc"], rec["nmi"], rec["n_images"]) == (metrics["acc"], metrics["nmi"], 1797)
+    assert rec["command"] == "python -m nbclust.fit " + " ".join(argv) and rec["config"]["alpha"] == 3.0
+    assert rec["epochs_run"] == {"pretrain": 1, "cluster": 2} and len(rec["history"]) == 3
+    assert rec["history"][0]["phase"] == "pretrain" and isinstance(rec["history"][2]["acc"], float)
+    text = md.read_text()
+    assert f"| fit | digits | fake | 4 | {rec['acc']:.4f} |" in text and rec["command"] in text
+
+
+def test_run_name_of_a_recorded_fit():
+    assert ex.run_name("depict", {"target": "paper", "epochs": 3}) == "depict-paper"
+    assert ex.run_name("depict", {"target": "code"}) == "depict"
+    assert ex.run_name("dctl", {"n_layers": 1, "joint": False}) == "dctl-1l-piecemeal"
+    assert ex.run_name("dbc", {}) == "dbc" and ex.run_name("acpic", {}) == "acpic"
 
 
 # ------------------------------------------------------------------ smoke suite on real data

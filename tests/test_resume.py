@@ -4,22 +4,16 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-TESTS = Path(__file__).parent
-WRAPPER = (
-    "import sys; sys.path.insert(0, {tests!r}); import nbclust.fit as f; "
-    "f.METHODS['fake'] = ('fake_estimator', 'FakeClusterer'); sys.exit(f.main(sys.argv[1:]))"
-)
+from cli_helpers import cli as cli_command
 
 
 def cli(*args):
-    return [sys.executable, "-c", WRAPPER.format(tests=str(TESTS)), *map(str, args), "--quiet"]
+    return cli_command(*args, "--quiet")
 
 
 def kill_and_resume(tmp_path, args, max_delay, timeout):
