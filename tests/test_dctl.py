@@ -1,10 +1,11 @@
-"""DCTL (issue 21): the structure-preserving start, vector pooling and the stopping rule.  The
-objective's gradients and the readings: test_methods_b.py."""
+"""DCTL (issue 21): the structure-preserving start, vector pooling, the stopping rule, and the
+k-means baseline on DCTL's own input.  The objective's gradients and the readings: test_methods_b.py."""
 
 import numpy as np
 import pytest
 
 from nbclust import DCTL
+from nbclust.baseline import KMeansPixels
 from nbclust.methods.dctl import DCTLTransform, dctl_layout, impulse_offsets, initial_filters
 from nbclust.scaling import minmax_apply, minmax_statistics
 from test_methods_b import _check_batch_loss_gradient, _vectors
@@ -158,3 +159,33 @@ def test_stopping_rule_state_resumes():
     resumed = DCTL(3, **kw).fit(x, resume=states[0])
     assert len(resumed.history_) == len(full.history_)
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
+
+
+# ------------------------------------------------------------ k-means on DCTL's input
+
+def test_kmeans_baseline_gets_dctls_scaled_input():
+    """--method kmeans --param input_scale=minmax clusters exactly the vectors DCTL transforms."""
+    x, _ = _vectors(n_per=10, d=30)
+    x = x * np.linspace(0.5, 3, 30) - 1.0
+    F = x.reshape(len(x), -1)
+    km = KMeansPixels(3, n_init=2, input_scale="minmax", random_state=0).fit(F)
+    dctl_input = DCTL(3, backend="reference")._check_X(x)
+    np.testing.assert_allclose(km.transform(F), dctl_input.reshape(len(x), -1), atol=1e-6)  # DCTL: float32
+    plain = KMeansPixels(3, n_init=2, random_state=0).fit(km.transform(F))
+    np.testing.assert_array_equal(km.labels_, plain.labels_)
+    np.testing.assert_array_equal(km.predict(F), km.labels_)
+    assert KMeansPixels(3).fit(F).transform(F).min() < 0  # default: as given
+
+
+def test_kmeans_baseline_scaling_saved_and_not_for_images(tmp_path):
+    F = np.random.default_rng(0).normal(size=(20, 6)) * 5
+    km = KMeansPixels(2, n_init=2, input_scale="minmax", random_state=0).fit(F)
+    km.save(tmp_path / "k.npz")
+    back = KMeansPixels.load(tmp_path / "k.npz")
+    np.testing.assert_array_equal(back.transform(F), km.transform(F))
+    np.testing.assert_array_equal(back.predict(F), km.labels_)
+    imgs = (np.random.default_rng(1).random((10, 4, 4)) * 255).astype("uint8")
+    a = KMeansPixels(2, n_init=2, input_scale="minmax", random_state=0).fit(imgs)
+    np.testing.assert_array_equal(a.transform(imgs), imgs.reshape(10, -1) / 255.0)
+    with pytest.raises(ValueError, match="input_scale"):
+        KMeansPixels(2, input_scale="zscore").fit(F)
