@@ -38,7 +38,7 @@ def test_impulse_bank_singular_values_minimise_the_regulariser(shape):
 
 def test_impulse_start_regulariser_gradient_is_zero():
     tr = DCTLTransform(1, n_layers=2, kernel_size=(1, 9), pool=(False, False), pool_size=(1, 2),
-                       backend="reference", dtype=np.float64, rng=0)
+                       init="impulse", backend="reference", dtype=np.float64, rng=0)
     reg, grads = tr.regularizer()
     assert all(np.abs(g).max() < 1e-12 for g in grads)
     np.testing.assert_allclose(reg, 2 * 3 * (0.5 - np.log(2 ** -0.5)))  # 3 values of s^2 - log s per bank
@@ -52,7 +52,7 @@ def test_impulse_start_keeps_the_inputs_distances(reading, shape, n_layers):
     the zero padding, so k-means on the start's outputs is k-means on the input."""
     lay = dctl_layout(shape, n_layers=n_layers, pool="never")
     tr = DCTLTransform(1, n_layers=n_layers, kernel_size=lay["kernel"], pool=lay["pool"],
-                       pool_size=lay["pool_size"], backend="reference", dtype=np.float64, rng=0)
+                       pool_size=lay["pool_size"], init="impulse", backend="reference", dtype=np.float64, rng=0)
     x = np.random.default_rng(1).random((7, *shape))
     x[..., 0], x[..., -1] = 0, 0
     if reading == "image":
@@ -84,7 +84,7 @@ def test_objective_gradient_at_the_impulse_start(n_layers):
     differences straddle two slopes: T1 is moved off it by 1e-3 first."""
     rng = np.random.default_rng(0)
     tr = DCTLTransform(1, n_layers=n_layers, kernel_size=(1, 9), pool=(False, False), pool_size=(1, 2),
-                       backend="reference", dtype=np.float64, rng=0)
+                       init="impulse", backend="reference", dtype=np.float64, rng=0)
     if n_layers == 2:
         tr.filters[0].data[...] += 1e-3 * rng.random(tr.filters[0].data.shape)
     x = 0.1 + rng.random((6, 1, 1, 20))
@@ -92,13 +92,13 @@ def test_objective_gradient_at_the_impulse_start(n_layers):
 
 
 def test_impulse_start_first_partition_is_kmeans_of_the_input():
-    """epochs=0: the labels are k-means of the (min-max scaled) input itself."""
+    """init="impulse", epochs=0: the labels are k-means of the (min-max scaled) input itself."""
     from sklearn.cluster import KMeans
 
     from nbclust.metrics import cluster_acc
 
     x, y = _vectors(n_per=30, d=60)
-    est = DCTL(3, backend="reference", random_state=0, epochs=0).fit(x)
+    est = DCTL(3, backend="reference", random_state=0, epochs=0, init="impulse").fit(x)
     lo, span = minmax_statistics(x.reshape(len(x), -1))
     km = KMeans(3, n_init=10, random_state=0).fit(minmax_apply(x.reshape(len(x), -1), lo, span))
     assert cluster_acc(km.labels_, est.labels_) == 1.0

@@ -81,7 +81,7 @@ def _check_batch_loss_gradient(tr, x, d, rng, *, reg_scale, mean):
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_dctl_objective_gradient(n_layers, mean):
     rng = np.random.default_rng(0)
-    tr = DCTLTransform(1, n_layers=n_layers, init="torch", backend="reference", dtype=np.float64, rng=1)
+    tr = DCTLTransform(1, n_layers=n_layers, backend="reference", dtype=np.float64, rng=1)
     x = rng.random((6, 1, 8, 8))
     d = tr.forward(x).shape[1]
     _check_batch_loss_gradient(tr, x, d, rng, reg_scale=0.5, mean=mean)
@@ -93,7 +93,7 @@ def test_dctl_objective_gradient_standardized(n_layers):
     rng = np.random.default_rng(0)
     pool = (False, True)[:n_layers] if n_layers == 2 else (True,)
     d = 3 * 4 * 4
-    tr = DCTLTransform(1, n_layers=n_layers, pool=pool, standardize=d, init="torch", backend="reference",
+    tr = DCTLTransform(1, n_layers=n_layers, pool=pool, standardize=d, backend="reference",
                        dtype=np.float64, rng=1)
     x = rng.random((6, 1, 8, 8))
     z = np.abs(rng.normal(size=(6, d)))
@@ -240,7 +240,7 @@ def test_dctl_objective_gradient_vector_readings(reading, n_layers, mean):
     lay = dctl_layout((1, 1, D), reading=reading, n_layers=n_layers, kernel_size=9, pool="always")
     assert lay["reshape"] == (None if reading == "1d" else (1, 6, 8))
     tr = DCTLTransform(1, n_layers=n_layers, kernel_size=lay["kernel"], pool=lay["pool"],
-                       pool_size=lay["pool_size"], reshape=lay["reshape"], init="torch", backend="reference",
+                       pool_size=lay["pool_size"], reshape=lay["reshape"], backend="reference",
                        dtype=np.float64, rng=1)
     x = rng.normal(size=(6, 1, 1, D))
     d = tr.forward(x).shape[1]
@@ -331,10 +331,9 @@ def test_dctl_final_labels_from_fresh_kmeans(joint, monkeypatch):
     monkeypatch.setattr(DCTL, "_kmeans", lambda self, Z, n_init=20: calls.append((np.array(Z), n_init))
                         or orig(self, Z, n_init))
     x, y = _vectors()
-    est = DCTL(3, backend="reference", random_state=0, epochs=3, batch_size=16, joint=joint, n_init=7,
-               init="torch").fit(x)
+    est = DCTL(3, backend="reference", random_state=0, epochs=3, batch_size=16, joint=joint, n_init=7).fit(x)
     e = est.transform(x)
-    assert e.min() < 0  # the transform output A itself (random filters: signed outputs)
+    assert e.min() < 0  # the transform output A itself
     Z, n_init = calls[-1]
     assert n_init == 7
     np.testing.assert_allclose(Z, e, rtol=1e-6, atol=1e-7)
@@ -356,7 +355,7 @@ def test_dctl_legacy_codes_reading():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: DCTL(10, backend="reference", random_state=0, epochs=8, batch_size=100, init="torch"),
+    lambda: DCTL(10, backend="reference", random_state=0, epochs=8, batch_size=100),
 ], ids=["DCTL"])
 def test_digits_loss_decreases(make):
     x, y = _digits()

@@ -80,40 +80,41 @@ Transform (Fig. 1)
     647-648).
 
 Initial filters (``init``)
-    - ``"impulse"`` (default): filter f of a bank with C input channels is a unit
-      impulse on channel f mod C at the (f div C)-th nearest tap to the centre,
-      times 1/sqrt(2) (:func:`initial_filters`).  For T1 on a vector or a
-      grey image that is the centre, one tap right and one left: T1 x = (x,
-      x shifted by +1, x shifted by -1) / sqrt(2), so ||T1 x - T1 y||^2 =
-      (3/2) ||x - y||^2 up to the samples a shift pushes into the zero padding:
-      unpooled (vectors, 8 x 8 digits), k-means on the start's outputs is k-means
-      on the input (a max-pool keeps the larger neighbour).  T2 (3 filters
-      over 3 channels) starts as the identity / sqrt(2), and SELU is linear on
-      non-negative inputs (min-max scaled vectors, images), so the 2-layer start
-      is a scaled tight frame as well (on signed input, ``input_scale="none"``,
-      SELU bends the negative half).  Every singular value of every bank is
-      1/sqrt(2), the minimiser of s^2 - log s: the regulariser starts at its
-      minimum, and on non-negative input Z = max(T(X), 0) = T(X) zeroes the data
-      term too, so T
+    - ``"torch"`` (default): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C kh kw,
+      the draw of the released code (Mfeat.py ``init_T``: the weight of a fresh
+      ``nn.Conv1d``, torch's kaiming_uniform with a = sqrt(5)); the group's
+      released transform learning code starts from a random transform too
+      (github.com/maggujyoti, ``GreedyDeepTransformLearning``,
+      ``RobustTransformLearning``: ``rng(1); T = randn(numOfAtoms, size(X,1))``).
+      The paper says nothing, so the code decides.  A random bank mixes
+      neighbouring coefficients with random weights: the start's partition is
+      not the input's.
+    - ``"impulse"``: filter f of a bank with C input channels is a unit impulse
+      on channel f mod C at the (f div C)-th nearest tap to the centre, times
+      1/sqrt(2) (:func:`initial_filters`).  For T1 on a vector or a grey image
+      that is the centre, one tap right and one left: T1 x = (x, x shifted by
+      +1, x shifted by -1) / sqrt(2), so ||T1 x - T1 y||^2 = (3/2) ||x - y||^2 up
+      to the samples a shift pushes into the zero padding: unpooled (vectors,
+      8 x 8 digits), k-means on the start's outputs is k-means on the input (a
+      max-pool keeps the larger neighbour).  T2 (3 filters over 3 channels)
+      starts as the identity / sqrt(2), and SELU is linear on non-negative
+      inputs (min-max scaled vectors, images), so the 2-layer start is a scaled
+      tight frame as well (on signed input, ``input_scale="none"``, SELU bends
+      the negative half).  Every singular value of every bank is 1/sqrt(2), the
+      minimiser of s^2 - log s: the regulariser starts at its minimum, and on
+      non-negative input Z = max(T(X), 0) = T(X) zeroes the data term too, so T
       gets no gradient until the k-means term has moved Z (the first joint
       epoch leaves T as it is; piecemeal, without that term, never moves it).
-      Sources: the penalty ||T||_F^2 - log det T is transform
-      learning's (Sec. 2.2, [15]), whose authors' released code starts the
-      transform from an orthonormal one (Ravishankar and Bresler's transform
-      learning demos: ``W0=kron(dctmtx(sqrt(n)),dctmtx(sqrt(n))); %2D DCT
-      initialization for the transform``), i.e. from a map that keeps distances;
-      a bank of shifted impulses is its convolutional counterpart; and the
-      first author's released joint clustering code (github.com/anuraggoel70/
-      DeepClustering, DDLK.py, deep dictionary learning + the same k-means term
-      on the same face sets) starts H from k-means on the input ("H
-      initialization": ``KMeans(n_clusters, init="k-means++").fit_predict(x)``),
-      which is what the first joint partition of this start is.  Needs C <= F <=
-      C kh kw.
-    - ``"torch"``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C kh kw, the
-      draw of the released code (Mfeat.py ``init_T``: the weight of a fresh
-      ``nn.Conv1d``, torch's kaiming_uniform with a = sqrt(5)).  A random bank
-      mixes neighbouring coefficients with random weights: the start's
-      partition is not the input's.
+      Within the paper's model (eq 5 constrains the filters only through the
+      regulariser), and the start transform learning itself uses (the penalty
+      is borrowed from [15], Sec. 2.2; Ravishankar and Bresler's released demos
+      start from an orthonormal transform, ``W0=kron(dctmtx(sqrt(n)),
+      dctmtx(sqrt(n))); %2D DCT initialization for the transform``, of which a
+      bank of shifted impulses is the convolutional counterpart); the first
+      joint partition is then k-means of the input, as the first author's
+      joint clustering code starts H (github.com/anuraggoel70/DeepClustering,
+      DDLK.py: "H initialization", ``KMeans(n_clusters,
+      init="k-means++").fit_predict(x)``).  Needs C <= F <= C kh kw.
 
 Loss scaling (``loss_scale``)
     - ``"code"`` (default): each mini-batch B (b rows, d features) minimises
@@ -270,9 +271,9 @@ DCTL_PARAMS = COMMON_PARAMS + Params(
     Param("pool", str, "auto", "max-pool after a layer: images while the pooled side stays >= 7, feature vectors "
           "never, as the released code (auto); always (Fig. 1); never", choices=("auto", "always", "never"),
           paper="always"),
-    Param("init", str, "impulse", "initial filters: shifted unit impulses scaled to the regulariser's minimiser, a "
-          "tight frame that keeps the input's distances (impulse), or torch's default conv draw, as the released "
-          "code (torch)", choices=("impulse", "torch")),
+    Param("init", str, "torch", "initial filters: torch's default conv draw, as the released code (torch), or "
+          "shifted unit impulses scaled to the regulariser's minimiser, a tight frame that keeps the input's "
+          "distances (impulse)", choices=("torch", "impulse")),
     Param("loss_scale", str, "code", "loss scaling: mean data and k-means terms, regulariser unscaled per batch "
           "(code, the released code) or eq 6's sums, regulariser scaled by b/N (paper)",
           choices=("code", "paper"), paper="paper"),
@@ -381,7 +382,7 @@ class DCTLTransform:
     """
 
     def __init__(self, in_channels: int, *, n_layers=2, n_filters=3, kernel_size=9, pool=(True, True),
-                 pool_size=2, reshape=None, standardize=None, init="impulse", backend="cpu", dtype=np.float32,
+                 pool_size=2, reshape=None, standardize=None, init="torch", backend="cpu", dtype=np.float32,
                  rng=None):
         from nbclust import nn
 
