@@ -11,6 +11,7 @@ VLFeat's ``vl_dsift`` is the usual one, and :class:`DenseSIFT` reproduces it.
 - :func:`dsift_pca`: DenseSIFT -> ``sklearn.decomposition.PCA(300)``, cached on disk per data set
   and parameters, so a sweep over methods and seeds computes the features once.
 - :func:`dsift_pca_pipeline`: the same as an unfitted sklearn ``Pipeline`` (no cache).
+- :func:`dsift_grid`: the descriptors on their keypoint grid, a 128-channel image.
 - :func:`as_estimator_input`: how ``python -m nbclust.fit --features`` hands the feature matrix to
   an estimator.
 
@@ -540,6 +541,20 @@ def dsift_pca(X, n_components=300, *, random_state=0, cache_dir=None, return_inf
     info = {"cached": False, "seconds": seconds, "n_dsift": n_dsift, "path": None if path is None else str(path),
             **dim_info}
     return (F, info) if return_info else F
+
+
+def dsift_grid(X, **dsift_params):
+    """The :class:`DenseSIFT` descriptors of the images X kept on their keypoint grid:
+    (N, 128, ny, nx) float32, channel t + 8 bx + 32 by of keypoint (j, i) at [:, :, j, i].
+
+    A 128-channel image for an image estimator: the DCTL paper's "3 filters of sizes 9x9" and 2x2
+    max-pooling read literally on DSIFT (a 2-D transform over the grid; no PCA, which would
+    flatten the grid away).
+    """
+    sift = DenseSIFT(**dsift_params)
+    D = sift.fit_transform(X)
+    ny, nx = (len(v) for v in keypoint_grid(*sift.image_shape_, sift.step_, sift.bin_size_))
+    return np.ascontiguousarray(D.reshape(len(D), ny, nx, DESCRIPTOR_SIZE).transpose(0, 3, 1, 2))
 
 
 def as_estimator_input(F, estimator):

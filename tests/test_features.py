@@ -329,6 +329,20 @@ def test_dsift_pca_helps_kmeans_on_digits():
     assert acc_f > 0.6 and acc_f > acc_p - 0.05, (acc_f, acc_p)
 
 
+def test_dsift_grid_layout():
+    """Keypoint (j, i) of the row-major grid at [:, :, j, i], its 128 values as channels."""
+    X, _ = digits_uint8(5)
+    sift = DenseSIFT()
+    D = sift.fit_transform(X)
+    G = ft.dsift_grid(X)
+    ys, xs = keypoint_grid(8, 8, sift.step_, sift.bin_size_)
+    assert G.shape == (5, 128, len(ys), len(xs)) and G.dtype == np.float32 and G.flags.c_contiguous
+    for j in range(len(ys)):
+        for i in range(len(xs)):
+            k = j * len(xs) + i
+            np.testing.assert_array_equal(G[:, :, j, i], D[:, k * 128:(k + 1) * 128])
+
+
 def test_as_estimator_input():
     F = np.random.default_rng(0).random((7, 300))
     img = as_estimator_input(F, object())
