@@ -2,7 +2,8 @@
 
 sklearn ``KMeans`` (k-means++ init, ``n_init=20`` restarts, the best inertia kept) on the
 flattened images scaled to [0, 1] (uint8 / 255), or on a feature matrix (N, D) as given
-(``--features``: :meth:`features_input` keeps it flat).  It follows the estimator contract
+(``--features``: :meth:`features_input` keeps it flat) or, with ``input_scale="minmax"``, scaled per
+feature exactly as DCTL scales it, so that the two are compared on the same input.  It follows the estimator contract
 where it applies: one "cluster" epoch reported through ``callback``, ``labels_``,
 ``cluster_centers_`` (in pixel space, the embedding), ``transform``, ``predict``,
 ``save``/``load``; there is no training state to checkpoint.  ``ACPICPixels`` is the same
@@ -20,10 +21,14 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from nbclust.io import load_state, save_state
 from nbclust.methods.clustering import nearest
 from nbclust.methods.params import ANY, COMMON_PARAMS, Declared, Param, Params
+from nbclust.scaling import minmax_apply, minmax_statistics
 
 KMEANS_PARAMS = Params(
     COMMON_PARAMS["n_clusters"],
     Param("n_init", int, 20, "k-means restarts (k-means++ seeding), the best inertia kept", ge=1),
+    Param("input_scale", str, "none", "scaling of a feature matrix (N, D): each feature to [0, 1] with the "
+          "training data's min and range, as DCTL's default (minmax), or none; images are never rescaled",
+          choices=("minmax", "none")),
     COMMON_PARAMS["random_state"],
     COMMON_PARAMS["verbose"],
 )
@@ -63,6 +68,7 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         if not isinstance(self.n_clusters, (int, np.integer)) or not 2 <= self.n_clusters <= len(Z):
             raise ValueError(f"n_clusters must be an integer in [2, {len(Z)}], got {self.n_clusters!r}")
         self._validate_hyperparameters()
+        Z = self._scaled(X, Z, fit=True)
         t0 = time.perf_counter()
         record = {"phase": "cluster", "epoch": 1, **self._cluster(Z)}
         self.image_shape_ = tuple(np.shape(X)[1:])
@@ -73,6 +79,15 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         if callback is not None:
             callback(self, record)
         return self
+
+    def _scaled(self, X, Z, *, fit=False):
+        """The flat data ``Z`` of ``X``, min-max scaled per feature where ``X`` is a feature matrix and
+        ``input_scale="minmax"`` (statistics of the training data, :mod:`nbclust.scaling`)."""
+        if np.ndim(X) != 2 or getattr(self, "input_scale", "none") == "none":  # ACPICPixels: no scaling
+            return Z
+        if fit:
+            self.input_min_, self.input_range_ = minmax_statistics(Z)
+        return minmax_apply(Z, self.input_min_, self.input_range_)
 
     def _cluster(self, Z) -> dict:
         """Set ``labels_`` and ``cluster_centers_`` from the flat data; extra history entries."""
@@ -89,15 +104,18 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         return np.asarray(F)
 
     def transform(self, X):
-        """The flattened [0, 1] pixels, or the feature matrix (the space k-means works in)."""
-        return self._flat(X)
+        """The flattened [0, 1] pixels, or the (scaled) feature matrix (the space k-means works in)."""
+        return self._scaled(X, self._flat(X))
 
     def predict(self, X):
-        return nearest(self._flat(X), self.cluster_centers_)
+        return nearest(self.transform(X), self.cluster_centers_)
 
     def save(self, path):
         meta = {"class": type(self).__name__, "params": self.get_params(), "image_shape": list(self.image_shape_)}
-        save_state(path, {"cluster_centers_": self.cluster_centers_, "labels_": self.labels_}, meta)
+        arrays = {"cluster_centers_": self.cluster_centers_, "labels_": self.labels_}
+        if getattr(self, "input_min_", None) is not None:
+            arrays.update(input_min_=self.input_min_, input_range_=self.input_range_)
+        save_state(path, arrays, meta)
 
     @classmethod
     def load(cls, path):
@@ -106,6 +124,7 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
             raise ValueError(f"{path}: holds a {meta.get('class')}, not a {cls.__name__}")
         est = cls(**meta["params"])
         est.cluster_centers_, est.labels_ = arrays["cluster_centers_"], arrays["labels_"]
+        est.input_min_, est.input_range_ = arrays.get("input_min_"), arrays.get("input_range_")
         est.image_shape_ = tuple(meta["image_shape"])
         return est
 

@@ -11,6 +11,7 @@ VLFeat's ``vl_dsift`` is the usual one, and :class:`DenseSIFT` reproduces it.
 - :func:`dsift_pca`: DenseSIFT -> ``sklearn.decomposition.PCA(300)``, cached on disk per data set
   and parameters, so a sweep over methods and seeds computes the features once.
 - :func:`dsift_pca_pipeline`: the same as an unfitted sklearn ``Pipeline`` (no cache).
+- :func:`dsift_grid`: the descriptors on their keypoint grid, a 128-channel image.
 - :func:`as_estimator_input`: how ``python -m nbclust.fit --features`` hands the feature matrix to
   an estimator.
 
@@ -459,8 +460,28 @@ def cache_key(X, params) -> str:
     return h.hexdigest()[:24]
 
 
+def pca_dimension(n_components: int, n_samples: int, n_features: int) -> tuple[int, str | None]:
+    """(k, why): the PCA dimension ``k = min(n_components, n_samples - 1, n_features)`` and, when
+    ``k < n_components``, one sentence saying why (else None).
+
+    Centred data of N samples span at most N - 1 dimensions, so a component beyond that has no
+    variance: sklearn would return it (as rounding noise), and a per-feature scaling would blow that
+    noise up to the range of the leading components.
+    """
+    if n_samples < 2:
+        raise ValueError(f"PCA needs at least 2 images, got {n_samples}")
+    k = int(min(n_components, n_samples - 1, n_features))
+    if k == n_components:
+        return k, None
+    if k == n_features:
+        return k, f"PCA({n_components}) of {n_features}-d descriptors keeps all {k} dimensions"
+    return k, (f"PCA({n_components}) of {n_samples} images keeps {k} components: centred, {n_samples} images "
+               f"span at most {n_samples - 1} dimensions")
+
+
 def dsift_pca(X, n_components=300, *, random_state=0, cache_dir=None, return_info=False, **dsift_params):
-    """DSIFT -> PCA features of the images X: (N, k) float32, k = min(n_components, N, n_features).
+    """DSIFT -> PCA features of the images X: (N, k) float32, k from :func:`pca_dimension`
+    (min(n_components, N - 1, n_features)).
 
     sklearn ``PCA(k, random_state=random_state)`` (centred, not whitened) fitted on the
     :class:`DenseSIFT` descriptors of all of X (clustering is transductive: the set is the
@@ -471,7 +492,9 @@ def dsift_pca(X, n_components=300, *, random_state=0, cache_dir=None, return_inf
     ``dsift-pca-<key>.npz`` per (images, parameters), key = :func:`cache_key`; written atomically
     (temporary file, then ``os.replace``), so concurrent runs never read a torn file.  A file that
     cannot be read is recomputed and replaced.  ``return_info=True`` also returns a dict
-    (``cached``, ``seconds`` of the extraction and PCA, ``n_dsift`` descriptor length, ``path``).
+    (``cached``, ``seconds`` of the extraction and PCA, ``n_dsift`` descriptor length, ``path``,
+    ``n_components`` asked for, ``dim`` the dimension given and ``dim_reason``, the sentence of
+    :func:`pca_dimension` or None).
     """
     import time
 
@@ -486,7 +509,8 @@ def dsift_pca(X, n_components=300, *, random_state=0, cache_dir=None, return_inf
     n_dsift = len(ys) * len(xs) * DESCRIPTOR_SIZE
     if not isinstance(n_components, (int, np.integer)) or n_components < 1:
         raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
-    k = int(min(n_components, shape[0], n_dsift))
+    k, why = pca_dimension(n_components, shape[0], n_dsift)
+    dim_info = {"n_components": int(n_components), "dim": k, "dim_reason": why}
     params = {**sift.get_params(), "step": step, "bin_size": bin_size, "n_components": k,
               "random_state": random_state}
     path = None
@@ -498,7 +522,8 @@ def dsift_pca(X, n_components=300, *, random_state=0, cache_dir=None, return_inf
                 arrays, meta = load_state(path)
                 F = arrays["features"]
                 if F.shape == (shape[0], k) and meta.get("params") == json.loads(json.dumps(params)):
-                    info = {"cached": True, "seconds": meta.get("seconds"), "n_dsift": n_dsift, "path": str(path)}
+                    info = {"cached": True, "seconds": meta.get("seconds"), "n_dsift": n_dsift, "path": str(path),
+                            **dim_info}
                     return (F, info) if return_info else F
             except (ValueError, KeyError, OSError):
                 pass  # unreadable or foreign: recompute and replace
@@ -513,8 +538,23 @@ def dsift_pca(X, n_components=300, *, random_state=0, cache_dir=None, return_inf
         path.parent.mkdir(parents=True, exist_ok=True)
         save_state(path, {"features": F}, {"params": params, "seconds": seconds, "n_dsift": n_dsift,
                                            "shape": list(shape)})
-    info = {"cached": False, "seconds": seconds, "n_dsift": n_dsift, "path": None if path is None else str(path)}
+    info = {"cached": False, "seconds": seconds, "n_dsift": n_dsift, "path": None if path is None else str(path),
+            **dim_info}
     return (F, info) if return_info else F
+
+
+def dsift_grid(X, **dsift_params):
+    """The :class:`DenseSIFT` descriptors of the images X kept on their keypoint grid:
+    (N, 128, ny, nx) float32, channel t + 8 bx + 32 by of keypoint (j, i) at [:, :, j, i].
+
+    A 128-channel image for an image estimator: the DCTL paper's "3 filters of sizes 9x9" and 2x2
+    max-pooling read literally on DSIFT (a 2-D transform over the grid; no PCA, which would
+    flatten the grid away).
+    """
+    sift = DenseSIFT(**dsift_params)
+    D = sift.fit_transform(X)
+    ny, nx = (len(v) for v in keypoint_grid(*sift.image_shape_, sift.step_, sift.bin_size_))
+    return np.ascontiguousarray(D.reshape(len(D), ny, nx, DESCRIPTOR_SIZE).transpose(0, 3, 1, 2))
 
 
 def as_estimator_input(F, estimator):

@@ -10,7 +10,7 @@ import pytest
 
 from nbclust import features as ft
 from nbclust.baseline import KMeansPixels
-from nbclust.features import DenseSIFT, as_estimator_input, dsift_pca, keypoint_grid
+from nbclust.features import DenseSIFT, as_estimator_input, dsift_pca, dsift_pca_pipeline, keypoint_grid
 
 
 def smooth_image(h, w, seed=0):
@@ -273,20 +273,21 @@ def digits_uint8(n=200):
 def test_dsift_pca_shapes_and_cache(tmp_path, monkeypatch):
     X, _ = digits_uint8(200)
     F, info = dsift_pca(X, cache_dir=tmp_path, return_info=True)
-    assert F.shape == (200, 200) and F.dtype == np.float32 and not info["cached"]  # capped at N
+    assert F.shape == (200, 199) and F.dtype == np.float32 and not info["cached"]  # capped at N - 1
     assert info["n_dsift"] == 512 and len(list(tmp_path.iterdir())) == 1
+    assert (info["n_components"], info["dim"]) == (300, 199) and "200 images" in info["dim_reason"]
     np.testing.assert_allclose(F.mean(0), 0, atol=1e-4)  # PCA scores are centred
     # the same call reads the file and does not compute
     monkeypatch.setattr(DenseSIFT, "transform", lambda *a, **k: pytest.fail("recomputed"))
     F2, info2 = dsift_pca(X, cache_dir=tmp_path, return_info=True)
-    assert info2["cached"] and np.array_equal(F, F2)
+    assert info2["cached"] and np.array_equal(F, F2) and info2["dim_reason"] == info["dim_reason"]
     monkeypatch.undo()
     # other parameters or other data: another file; n_components capped at n_features
     G = dsift_pca(X, n_components=50, cache_dir=tmp_path)
     assert G.shape == (200, 50)
     np.testing.assert_allclose(np.abs(G[:, :20]), np.abs(F[:, :20]), atol=1e-3)  # same leading components (up to sign)
     H = dsift_pca(X[:150], n_components=1000, cache_dir=tmp_path)
-    assert H.shape == (150, 150) and len(list(tmp_path.iterdir())) == 3
+    assert H.shape == (150, 149) and len(list(tmp_path.iterdir())) == 3
     assert dsift_pca(X[:150], n_components=100, step=2, bin_size=2, cache_dir=False).shape == (150, 100)
     assert len(list(tmp_path.iterdir())) == 3  # cache_dir=False writes nothing
     # a corrupt file is recomputed and replaced (atomically: no temporary files left behind)
@@ -297,6 +298,22 @@ def test_dsift_pca_shapes_and_cache(tmp_path, monkeypatch):
     # the default folder follows $NBCLUST_CACHE
     monkeypatch.setenv("NBCLUST_CACHE", str(tmp_path / "c"))
     assert ft.default_cache_dir() == tmp_path / "c" / "features"
+
+
+def test_pca_dimension():
+    """min(n_components, N - 1, n_features), with the reason whenever it is below n_components: the
+    centred data of N images have no variance beyond N - 1 components (the N-th is rounding noise)."""
+    assert ft.pca_dimension(300, 2414, 18432) == (300, None)
+    k, why = ft.pca_dimension(300, 165, 18432)
+    assert k == 164 and "165 images" in why and "164" in why
+    k, why = ft.pca_dimension(300, 1797, 128)
+    assert k == 128 and "128-d" in why
+    with pytest.raises(ValueError, match="at least 2 images"):
+        ft.pca_dimension(300, 1, 128)
+    X, _ = digits_uint8(40)
+    F = dsift_pca(X, cache_dir=False)
+    full = dsift_pca_pipeline(40).fit_transform(X)  # sklearn's 40th component of 40 centred images
+    assert F.shape == (40, 39) and np.std(F[:, -1]) > 1e3 * np.std(full[:, -1])
 
 
 def test_dsift_pca_helps_kmeans_on_digits():
@@ -310,6 +327,20 @@ def test_dsift_pca_helps_kmeans_on_digits():
     acc_f = cluster_acc(y, KMeans(10, n_init=5, random_state=0).fit(F).labels_)
     acc_p = cluster_acc(y, KMeans(10, n_init=5, random_state=0).fit(X.reshape(600, -1) / 255).labels_)
     assert acc_f > 0.6 and acc_f > acc_p - 0.05, (acc_f, acc_p)
+
+
+def test_dsift_grid_layout():
+    """Keypoint (j, i) of the row-major grid at [:, :, j, i], its 128 values as channels."""
+    X, _ = digits_uint8(5)
+    sift = DenseSIFT()
+    D = sift.fit_transform(X)
+    G = ft.dsift_grid(X)
+    ys, xs = keypoint_grid(8, 8, sift.step_, sift.bin_size_)
+    assert G.shape == (5, 128, len(ys), len(xs)) and G.dtype == np.float32 and G.flags.c_contiguous
+    for j in range(len(ys)):
+        for i in range(len(xs)):
+            k = j * len(xs) + i
+            np.testing.assert_array_equal(G[:, :, j, i], D[:, k * 128:(k + 1) * 128])
 
 
 def test_as_estimator_input():

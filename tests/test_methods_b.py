@@ -197,13 +197,14 @@ def test_dctl_vector_map_shape():
 
 
 @pytest.mark.parametrize("reading,pool,n_layers,d", [
-    ("1d", "auto", 2, 3 * 75), ("1d", "auto", 1, 3 * 150), ("1d", "never", 2, 3 * 300),
-    ("1d", "always", 2, 3 * 75), ("2d", "auto", 2, 3 * 7 * 10), ("2d", "always", 2, 3 * 3 * 5),
+    ("1d", "auto", 2, 3 * 300), ("1d", "auto", 1, 3 * 300), ("1d", "never", 2, 3 * 300),
+    ("1d", "always", 2, 3 * 75), ("2d", "auto", 2, 3 * 300), ("2d", "always", 2, 3 * 3 * 5),
     ("2d", "never", 1, 3 * 300),
 ])
 def test_dctl_vector_readings_shapes(reading, pool, n_layers, d):
     """A 300-d vector (the paper's DSIFT + PCA input) as (N, 1, 1, D) or (N, 1, D): "1d"
-    convolves along it with 1 x 9 filters and 1 x 2 pooling, "2d" reshapes it to 15 x 20."""
+    convolves along it with 1 x 9 filters (1 x 2 pooling only for pool="always"), "2d" reshapes
+    it to 15 x 20; pool="auto" never pools a vector, as the released code."""
     x = np.random.default_rng(0).normal(size=(4, 1, 1, 300))
     est = DCTL(2, backend="reference", random_state=0, epochs=0, reading=reading, pool=pool,
                n_layers=n_layers).fit(x)
@@ -354,7 +355,7 @@ def test_dctl_legacy_codes_reading():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: DCTL(10, backend="reference", random_state=0, epochs=4, batch_size=100),
+    lambda: DCTL(10, backend="reference", random_state=0, epochs=8, batch_size=100),
 ], ids=["DCTL"])
 def test_digits_loss_decreases(make):
     x, y = _digits()

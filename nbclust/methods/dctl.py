@@ -25,11 +25,13 @@ Input (``reading``)
     image estimator; a flat (N, D) matrix is refused as by every estimator,
     whose contract reads a 2-D array as one image) and is read as
     - ``"1d"`` (default): a 1-D signal, convolved along the vector with kernel
-      9 and max-pooled by 2, as the released code does (Mfeat.py l. 97-106
+      9, as the released code convolves its feature vectors (Mfeat.py l. 97-106
       ``nn.Conv1d(..., kernel_size=ksize)``, l. 136-158 ``F.conv1d(...,
-      padding=ksize//2)``, ``F.max_pool1d(x, 2)``; DeConFuse.py l. 74-78,
-      94-102).  Realised as conv2d with kernel (1, 9) and max-pool (1, 2) on
-      the (N, C, 1, D) map (no new op); T2's 1 x 9 filters over 3 channels are
+      padding=ksize//2)``; DeConFuse.py l. 74-78, 94-102).  Among Mfeat's six
+      views is one of Karhunen-Loeve (PCA) coefficients, convolved like the
+      others: 1-D filters along PCA coefficients are the group's own practice.
+      Realised as conv2d with kernel (1, 9) (and max-pool (1, 2) where pooled)
+      on the (N, C, 1, D) map (no new op); T2's 1 x 9 filters over 3 channels are
       stored as (3, 1, 3, 9) and run as a 3 x 9 convolution of the (N, 1, 3, W)
       map without vertical padding, the same sums through the faster kernel.
     - ``"2d"``: the vector reshaped to an h x w map (h the largest divisor of D
@@ -51,23 +53,68 @@ Input scaling (``input_scale``, feature vectors only)
       (409-460 / 307-316 / 288-290), per-sample L2 (261 / 258) and no scaling
       (5e7 in the first batch) do not.  Per-feature rather than per-sample
       min-max: the group's own scaler (DeConFuse ``codes/data_processing.py`` at
-      43dcb07, l. 200-204, ``mode='myMaxMin'``).  The paper says nothing.
+      43dcb07, l. 200-204, ``mode='myMaxMin'``).  The paper says nothing; the
+      first author's own clustering code feeds its k-means baseline and its
+      model the same unscaled data (DeepClustering ``datasets.py``, DDLK.py).
     - ``"none"``: the features as given.
-    Images (height > 1) are never rescaled: they are already in [0, 1].
+    Images (height > 1) are never rescaled: they are already in [0, 1].  The
+    k-means baseline takes the same option (``KMeansPixels(input_scale=...)``,
+    ``--method kmeans --param input_scale=minmax``; :mod:`nbclust.scaling`), so
+    that DCTL and k-means can be compared on one input.
 
 Transform (Fig. 1)
     T1 = ``n_filters`` filters ("same" zero padding, no bias: eq 1's ``t_m * x``
     has none; the released code also calls ``F.conv1d`` without its bias)
     -> max-pool -> SELU -> T2 (``n_filters`` input channels) -> max-pool ->
     flatten; ``n_layers=1`` keeps T1 -> max-pool; the output layer has no
-    activation (as Mfeat.py's last conv).  ``pool="auto"`` (default) pools
-    after a layer only while the pooled side stays >= 7 (along the vector for
-    ``"1d"``, the shorter side otherwise): a 300-d vector and 28/32-pixel images
-    pool twice as in Fig. 1, 8 x 8 digits keep their 8 x 8 maps; ``"always"``
-    (the paper's), ``"never"``.  Filter counts and sizes are the paper's (Sec. 4:
-    3 filters of size 9 per layer, pooling 2); Mfeat.py's configuration uses
-    2, 4, 8 filters of sizes 5, 3, 3 and no pooling (l. 652, 655), batch 128,
-    40 epochs (l. 647-648).
+    activation (as Mfeat.py's last conv).  ``pool="auto"`` (default) never pools
+    a feature vector, as the released code on its feature vectors (Mfeat.py
+    ``model_configs``: ``maxpool_list = [(False, False, False)]``; max-pooling
+    neighbouring PCA coefficients keeps the larger of two unrelated numbers), and
+    pools an image after a layer while the pooled side stays >= 7: 28/32-pixel
+    images pool twice as in Fig. 1, 8 x 8 digits keep their 8 x 8 maps;
+    ``"always"`` (the paper's, vectors too: pooled along the vector for ``"1d"``),
+    ``"never"``.  Filter counts and sizes are the paper's (Sec. 4: 3 filters of
+    size 9 per layer, pooling 2); Mfeat.py's configuration uses 2, 4, 8 filters
+    of sizes 5, 3, 3 and no pooling (l. 652, 655), batch 128, 40 epochs (l.
+    647-648).
+
+Initial filters (``init``)
+    - ``"torch"`` (default): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C kh kw,
+      the draw of the released code (Mfeat.py ``init_T``: the weight of a fresh
+      ``nn.Conv1d``, torch's kaiming_uniform with a = sqrt(5)); the group's
+      released transform learning code starts from a random transform too
+      (github.com/maggujyoti, ``GreedyDeepTransformLearning``,
+      ``RobustTransformLearning``: ``rng(1); T = randn(numOfAtoms, size(X,1))``).
+      The paper says nothing, so the code decides.  A random bank mixes
+      neighbouring coefficients with random weights: the start's partition is
+      not the input's.
+    - ``"impulse"``: filter f of a bank with C input channels is a unit impulse
+      on channel f mod C at the (f div C)-th nearest tap to the centre, times
+      1/sqrt(2) (:func:`initial_filters`).  For T1 on a vector or a grey image
+      that is the centre, one tap right and one left: T1 x = (x, x shifted by
+      +1, x shifted by -1) / sqrt(2), so ||T1 x - T1 y||^2 = (3/2) ||x - y||^2 up
+      to the samples a shift pushes into the zero padding: unpooled (vectors,
+      8 x 8 digits), k-means on the start's outputs is k-means on the input (a
+      max-pool keeps the larger neighbour).  T2 (3 filters over 3 channels)
+      starts as the identity / sqrt(2), and SELU is linear on non-negative
+      inputs (min-max scaled vectors, images), so the 2-layer start is a scaled
+      tight frame as well (on signed input, ``input_scale="none"``, SELU bends
+      the negative half).  Every singular value of every bank is 1/sqrt(2), the
+      minimiser of s^2 - log s: the regulariser starts at its minimum, and on
+      non-negative input Z = max(T(X), 0) = T(X) zeroes the data term too, so T
+      gets no gradient until the k-means term has moved Z (the first joint
+      epoch leaves T as it is; piecemeal, without that term, never moves it).
+      Within the paper's model (eq 5 constrains the filters only through the
+      regulariser), and the start transform learning itself uses (the penalty
+      is borrowed from [15], Sec. 2.2; Ravishankar and Bresler's released demos
+      start from an orthonormal transform, ``W0=kron(dctmtx(sqrt(n)),
+      dctmtx(sqrt(n))); %2D DCT initialization for the transform``, of which a
+      bank of shifted impulses is the convolutional counterpart); the first
+      joint partition is then k-means of the input, as the first author's
+      joint clustering code starts H (github.com/anuraggoel70/DeepClustering,
+      DDLK.py: "H initialization", ``KMeans(n_clusters,
+      init="k-means++").fit_predict(x)``).  Needs C <= F <= C kh kw.
 
 Loss scaling (``loss_scale``)
     - ``"code"`` (default): each mini-batch B (b rows, d features) minimises
@@ -134,13 +181,24 @@ k-means step (``assign``): which features and how often H is recomputed
     an extra weight on part of the data term, so the difference is a
     reweighting of the fidelity, not a different clustering loss.
     After every joint epoch the full-data partition is also tracked by a
-    warm-started k-means on the embedding (Z for ``"codes"``; for ``"batch"``
-    the batch embeddings the step k-means saw during the epoch, which saves a
-    forward pass over the data per epoch): its centre shift
-    relative to the previous centres (``||C_new - C_old||_F / ||C_old||_F``) is
-    the paper's stopping rule ("cluster centres do not vary significantly",
-    ``tol``) and the history records it (``center_shift``) with the fraction of
-    samples whose label changed (``moved``).
+    k-means on the embedding after the epoch's steps (Z for ``"codes"``), warm
+    started from the previous centres; the history records its centre shift
+    ``||C_t - C_(t-1)||_F / ||C_0||_F`` (``center_shift``), the displacement since
+    the first partition ``||C_t - C_0||_F / ||C_0||_F`` (``center_drift``) and
+    the fraction of samples whose label changed (``moved``).
+
+Stopping rule (``tol``; the paper's "cluster centres do not vary significantly
+in subsequent iterations", Sec. 3)
+    The joint phase stops after epoch t when ``center_shift < tol *
+    center_drift``: the epoch moved the centres by less than a fraction ``tol``
+    of all they have moved since the first partition C_0.  At t = 1 the two are
+    equal, and while the transform has not changed the centres at all both are
+    0, so the rule cannot fire before training has moved them; a steady drift
+    stops after about 1/tol epochs, a settling one sooner; ``epochs`` bounds the
+    run.  (Compared with ``||C_old||`` instead, the shift of an epoch is set by
+    the step size and by how many steps the epoch has: with N <= batch_size an
+    epoch is one Adam step and any absolute tolerance met by one step stops
+    an untrained transform.)
 
 Final labels (``final``)
     - ``"kmeans"`` (default): after training, a fresh k-means (k-means++,
@@ -199,6 +257,7 @@ from nbclust.methods.base import DeepClusterer
 from nbclust.methods.clustering import batch_kmeans, kmeans, single_threaded
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
+from nbclust.scaling import minmax_apply, minmax_statistics
 
 DCTL_PARAMS = COMMON_PARAMS + Params(
     Param("lam", float, 0.001, "weight lambda of the filter regulariser ||T||_F^2 - log det T (eq 5)", ge=0),
@@ -209,8 +268,12 @@ DCTL_PARAMS = COMMON_PARAMS + Params(
     Param("kernel_size", int, 9, "filter size, odd: 'same' padding (Sec. 4)", ge=1),
     Param("reading", str, "1d", "how a feature-vector input (N, 1, 1, D) is convolved: along the vector with "
           "1 x k filters, as the released Conv1d (1d), or reshaped to an h x w map (2d)", choices=("1d", "2d")),
-    Param("pool", str, "auto", "max-pool after a layer while the pooled side stays >= 7 (auto), always (Fig. 1) "
-          "or never", choices=("auto", "always", "never"), paper="always"),
+    Param("pool", str, "auto", "max-pool after a layer: images while the pooled side stays >= 7, feature vectors "
+          "never, as the released code (auto); always (Fig. 1); never", choices=("auto", "always", "never"),
+          paper="always"),
+    Param("init", str, "torch", "initial filters: torch's default conv draw, as the released code (torch), or "
+          "shifted unit impulses scaled to the regulariser's minimiser, a tight frame that keeps the input's "
+          "distances (impulse)", choices=("torch", "impulse")),
     Param("loss_scale", str, "code", "loss scaling: mean data and k-means terms, regulariser unscaled per batch "
           "(code, the released code) or eq 6's sums, regulariser scaled by b/N (paper)",
           choices=("code", "paper"), paper="paper"),
@@ -231,8 +294,8 @@ DCTL_PARAMS = COMMON_PARAMS + Params(
     Param("batch_size", int, 256, "mini-batch size", ge=1),
     Param("lr", float, 1e-4, "Adam step size of the filters (the released code's rate)", gt=0),
     Param("z_lr", float, 0.1, "Adam step size of the codes Z (None: lr)", gt=0, none=True),
-    Param("tol", float, 1e-4, "stop when the centres move less than this, relative (the paper's rule)",
-          ge=0, lt=1),
+    Param("tol", float, 0.01, "stop when an epoch moves the centres by less than this fraction of their "
+          "displacement since the joint phase began (the paper's rule)", ge=0, lt=1),
 )
 
 
@@ -264,7 +327,7 @@ def dctl_layout(image_shape, *, reading="1d", n_layers=2, kernel_size=9, pool="a
         kernel, window, side, shape = (k, k), (2, 2), min(H, W), [H, W]
     flags = []
     for _ in range(n_layers):
-        flags.append(pool == "always" or (pool == "auto" and side // 2 >= 7))
+        flags.append(pool == "always" or (pool == "auto" and not vector and side // 2 >= 7))
         if flags[-1]:
             side //= 2
             shape = [s // p for s, p in zip(shape, window)]
@@ -272,6 +335,39 @@ def dctl_layout(image_shape, *, reading="1d", n_layers=2, kernel_size=9, pool="a
         raise ValueError(f"input of shape {tuple(image_shape)} is too small for {sum(flags)} max-pools")
     return {"kernel": kernel, "pool_size": window, "pool": tuple(flags), "reshape": reshape,
             "out": tuple(shape), "vector": vector}
+
+
+def impulse_offsets(kh: int, kw: int) -> list[tuple[int, int]]:
+    """The taps of a kh x kw kernel as offsets from its centre, nearest first (ties: row, then column)."""
+    taps = [(i - kh // 2, j - kw // 2) for i in range(kh) for j in range(kw)]
+    return sorted(taps, key=lambda o: (o[0] ** 2 + o[1] ** 2, o[0] != 0, -o[1], -o[0]))
+
+
+def initial_filters(shape, init: str, rng: np.random.Generator) -> np.ndarray:
+    """A filter bank of ``shape`` (F, C, kh, kw), float64.
+
+    - ``"impulse"``: filter f is a unit impulse on input channel ``f % C`` at the ``f // C``-th tap
+      of :func:`impulse_offsets` (centre, then the nearest shifts), times 1/sqrt(2).  The rows of
+      M = F x (C kh kw) are orthogonal, M M^T = I/2: every singular value is 1/sqrt(2), the minimiser
+      of s^2 - log s, so the regulariser's gradient is zero.  For F = C * n the bank maps x to n
+      shifted copies of every channel, a tight frame: ||T(x) - T(y)||^2 = (n/2) ||x - y||^2 but for
+      the samples a shift pushes past the zero padding, so k-means on T(X) starts as k-means on X.
+    - ``"torch"``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = C kh kw (torch's default for
+      ``nn.Conv1d``/``Conv2d``, kaiming_uniform with a = sqrt(5)), the released code's start.
+    """
+    F, C, kh, kw = shape
+    if init == "torch":
+        bound = 1.0 / math.sqrt(C * kh * kw)
+        return rng.uniform(-bound, bound, size=shape)
+    if F < C or -(-F // C) > kh * kw:
+        raise ValueError(f"init='impulse' needs between {C} and {C * kh * kw} filters for {C} input channels "
+                         f"and {kh}x{kw} kernels, got {F}: use init='torch'")
+    w = np.zeros(shape)
+    offsets = impulse_offsets(kh, kw)
+    for f in range(F):
+        di, dj = offsets[f // C]
+        w[f, f % C, kh // 2 + di, kw // 2 + dj] = 1.0 / math.sqrt(2.0)
+    return w
 
 
 class DCTLTransform:
@@ -286,9 +382,11 @@ class DCTLTransform:
     """
 
     def __init__(self, in_channels: int, *, n_layers=2, n_filters=3, kernel_size=9, pool=(True, True),
-                 pool_size=2, reshape=None, standardize=None, backend="cpu", dtype=np.float32, rng=None):
+                 pool_size=2, reshape=None, standardize=None, init="torch", backend="cpu", dtype=np.float32,
+                 rng=None):
         from nbclust import nn
 
+        rng = np.random.default_rng(rng)
         kw = dict(backend=backend, dtype=dtype, rng=rng)
         kh, kwd = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
         layers = [nn.Reshape(tuple(reshape), **kw)] if reshape is not None else []
@@ -296,7 +394,8 @@ class DCTLTransform:
             c_in = in_channels if i == 0 else n_filters
             if i:
                 layers.append(nn.SELU(**kw))
-            conv = nn.Conv2d(c_in, n_filters, (kh, kwd), padding="same", bias=False, **kw)
+            conv = nn.Conv2d(c_in, n_filters, (kh, kwd), padding="same", bias=False, init="zeros", **kw)
+            conv.weight.data[...] = conv._backend.asarray(initial_filters(conv.weight.data.shape, init, rng), dtype)
             if kh == 1 and c_in > 1:
                 # A 1 x k convolution over c_in channels of an (N, c_in, 1, W) map is the same sum as a
                 # c_in x k convolution, without vertical padding, of the (N, 1, c_in, W) map: same
@@ -418,20 +517,13 @@ class JointClustering(Phase):
     def active(self, est):
         return bool(est.joint)
 
-    def begin(self, est, X):  # the first partition (tracked only, for assign="batch")
+    def begin(self, est, X):  # the first partition (tracked only, for assign="batch"), C_0 of the stopping rule
         km = est._kmeans(est._tracked_features(X), n_init=1 if est.assign == "batch" else est.n_init)
-        est.cluster_centers_ = km.cluster_centers_
+        est.cluster_centers_ = est.initial_centers_ = km.cluster_centers_
         est.code_labels_ = km.labels_.astype(np.int64)
 
     def optimizers(self, est):
         return est._p1_optimizers()
-
-    def begin_epoch(self, est, X):
-        # assign="batch": the tracking k-means of end_epoch reuses the batch features the step
-        # k-means saw (each row's embedding just before its own step), not another forward pass.
-        est._epoch_features = None
-        if est.assign == "batch":
-            est._epoch_features = np.full((X.shape[0], est.cluster_centers_.shape[1]), np.nan)
 
     def step(self, est, X, idx):
         if est.assign != "batch":
@@ -439,28 +531,24 @@ class JointClustering(Phase):
 
         def labels(a):  # a fresh k-means on the batch's current embedding (Mfeat.py l. 289)
             e = est._backend.to_numpy(a if est.final == "kmeans" else est._backend.xp.maximum(a, 0))
-            if est._epoch_features is not None:
-                est._epoch_features[idx] = e
             with single_threaded():  # small matrices: BLAS threads only spin
                 lab = batch_kmeans(e, est.n_clusters, est._rng)
             return est._backend.asarray(lab, dtype=np.int64)
 
         return est._p1_step(X, idx, labels, est.mu)
 
-    def end_epoch(self, est, X):  # P2, eq (7), on the full data: the tracked partition and the stopping rule
+    def end_epoch(self, est, X):  # P2, eq (7), on the full data after the epoch's steps; the stopping rule
         est._set_feature_stats(X)
-        F = est._epoch_features
-        if F is None or np.isnan(F[:, 0]).any():  # not assign="batch", or an epoch cut short
-            F = est._tracked_features(X)
-        est._epoch_features = None
         old = est.cluster_centers_
-        km = kmeans(F, est.n_clusters, est._seed(), n_init=1, init=old)  # warm started from the previous centres
+        km = kmeans(est._tracked_features(X), est.n_clusters, est._seed(), n_init=1, init=old)  # warm start
         moved = float(np.mean(km.labels_ != est.code_labels_))
         est.cluster_centers_ = km.cluster_centers_
         est.code_labels_ = km.labels_.astype(np.int64)
-        shift = float(np.linalg.norm(km.cluster_centers_ - old) / max(np.linalg.norm(old), 1e-12))
-        est.converged_ = shift < est.tol
-        return {"center_shift": shift, "moved": moved}
+        scale = max(np.linalg.norm(est.initial_centers_), 1e-12)
+        shift = float(np.linalg.norm(km.cluster_centers_ - old) / scale)
+        drift = float(np.linalg.norm(km.cluster_centers_ - est.initial_centers_) / scale)
+        est.converged_ = shift < est.tol * drift
+        return {"center_shift": shift, "center_drift": drift, "moved": moved}
 
 
 class FinalClustering(Step):
@@ -490,6 +578,8 @@ class DCTL(DeepClusterer):
     attributes = (
         Attr("codes_", "array of shape (N, d)", "the learnt codes Z (backend array)", state="array"),
         Attr("code_labels_", "ndarray of shape (N,)", "the last tracked full-data partition (P2)", state="array"),
+        Attr("initial_centers_", "ndarray of shape (K, d)", "the centres of the first joint partition (C_0 of the "
+             "stopping rule)", state="array"),
         Attr("transform_", "DCTLTransform", "the transform T and its batch objective"),
         Attr("input_min_", "ndarray or None", "per-feature minimum of the training vectors (input_scale='minmax')",
              state="array"),
@@ -526,11 +616,10 @@ class DCTL(DeepClusterer):
         if not vector or self.input_scale == "none":
             return X
         if not fitted:  # min-max statistics of the training data (module docstring, "Input scaling")
-            lo, span = X.min(axis=0), X.max(axis=0) - X.min(axis=0)
-            self.input_min_, self.input_range_ = lo, np.where(span > 0, span, 1).astype(X.dtype)
+            self.input_min_, self.input_range_ = minmax_statistics(X)
         elif getattr(self, "input_min_", None) is None:
             raise ValueError("this model has no input scaling statistics (saved before input_scale existed?)")
-        return (X - self.input_min_) / self.input_range_
+        return minmax_apply(X, self.input_min_, self.input_range_)
 
     def _init_fit_state(self):
         kept = getattr(self, "input_min_", None), getattr(self, "input_range_", None)  # from _check_X, just before
@@ -557,7 +646,7 @@ class DCTL(DeepClusterer):
         self.transform_ = DCTLTransform(
             C, n_layers=self.n_layers, n_filters=self.n_filters, kernel_size=lay["kernel"],
             pool=lay["pool"], pool_size=lay["pool_size"], reshape=lay["reshape"],
-            standardize=d if self.standardize else None,
+            standardize=d if self.standardize else None, init=self.init,
             backend=self.backend, dtype=self._dtype, rng=self._rng)
         return {"transform": self.transform_.net}
 
