@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-BACKENDS = ("reference", "cpu", "cuda")
+from nbclust.registry import BACKENDS
 
 
 class Op(NamedTuple):

@@ -248,11 +248,6 @@ def conv_geometry(x, w, b=None, stride=1, padding=0):
     return (x.shape[0], w.shape[0], ho, wo), normalize_pair(stride, "stride"), pads
 
 
-def check_conv_input(x, w, b=None, stride=1, padding=0) -> tuple[int, int, int, int]:
-    """Validate ``conv2d(x (N,C,H,W), w (O,C,kh,kw), b (O,))``; return the output shape."""
-    return conv_geometry(x, w, b, stride, padding)[0]
-
-
 def conv_transpose_geometry(x, w, b=None, stride=1, padding=0, output_padding=0):
     """Validate ``conv_transpose2d(x (N,Cin,H,W), w (Cin,Cout,kh,kw), b (Cout,))``; return
     ``(output shape, (sh, sw), ((top, bottom), (left, right)), (oh, ow))`` (``"tf_same"`` resolved)."""
@@ -264,11 +259,6 @@ def conv_transpose_geometry(x, w, b=None, stride=1, padding=0, output_padding=0)
     _check_bias(b, w.shape[1], "conv_transpose2d")
     (ho, wo), pads, output_padding = _conv_transpose_output(x.shape[2:], w.shape[2:], stride, padding, output_padding)
     return (x.shape[0], w.shape[1], ho, wo), normalize_pair(stride, "stride"), pads, output_padding
-
-
-def check_conv_transpose_input(x, w, b=None, stride=1, padding=0, output_padding=0) -> tuple[int, int, int, int]:
-    """Validate ``conv_transpose2d(x (N,Cin,H,W), w (Cin,Cout,kh,kw), b (Cout,))``; return the output shape."""
-    return conv_transpose_geometry(x, w, b, stride, padding, output_padding)[0]
 
 
 def check_pool_input(x, kernel, stride=None) -> tuple[int, int, int, int]:

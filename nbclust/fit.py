@@ -19,12 +19,8 @@ from pathlib import Path
 
 from nbclust import __version__
 
-from nbclust.methods import METHODS  # the registry: --method name -> (module, class)
+from nbclust.registry import BACKENDS, DATASETS, FEATURES, METHODS  # import-light: no numpy here
 
-BACKENDS = ("cpu", "reference", "cuda")
-DATASETS = ("digits", "mnist", "mnist-test", "mnist-full", "fashion-mnist", "fashion-mnist-train",
-            "fashion-mnist-test", "usps", "coil20", "yaleb")  # = nbclust.datasets.NAMES
-FEATURES = ("none", "dsift-pca")  # = nbclust.features.FEATURES (not imported here: it loads Numba)
 CHECKPOINT = "checkpoint.npz"
 DEFAULTS = {
     "data": "digits", "data_home": None, "download": False, "n_clusters": None, "backend": "cpu",
@@ -241,11 +237,10 @@ def _read_checkpoint(folder):
 
 def _estimator(opts):
     """The estimator built from ``opts``; a clear error for options the method does not have."""
-    import importlib
+    from nbclust.methods import estimator_class
 
-    module, name = METHODS[opts["method"]][:2]
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = estimator_class(opts["method"])
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"method {opts['method']!r} is not available in this installation ({exc})") from None
     kwargs = {"random_state": opts["seed"], "verbose": 0}

@@ -38,11 +38,6 @@ def cast_inputs(case: Case, dtype) -> tuple:
     )
 
 
-def primary(out):
-    """The differentiable output of a forward result (see :mod:`nbclust.optable`)."""
-    return out[0] if isinstance(out, tuple) else out
-
-
 def run_op(backend, spec: OpSpec, inputs: tuple, attrs: dict, grad_out=None, **backward_kw):
     """Forward (and backward with ``grad_out`` and ``backward_kw``) on ``backend``; results as NumPy."""
     op = backend.op(spec.name)

@@ -347,12 +347,6 @@ def test_real_methods_on_digits(method, tmp_path, capsys):
     assert np.load(tmp_path / "o" / "centers.npy").shape[0] == 10
 
 
-def test_dataset_names_match():
-    from nbclust.datasets import NAMES
-
-    assert fit.DATASETS == NAMES
-
-
 def test_real_method_rejects_tiny_images(tmp_path, capsys):
     pytest.importorskip("nbclust.methods.dcae")
     np.savez(tmp_path / "tiny.npz", x=np.zeros((20, 4, 4), np.uint8), y=np.arange(20) % 2)
