@@ -1,4 +1,4 @@
-"""Numba conv kernels (see nbclust.optable for the calling convention).
+"""Numba conv kernels (see nbclust.optable: arguments arrive validated, in normal form).
 
 Convolutions are im2col + one GEMM, batch innermost: the input is transposed
 to (C, H, W, N), a Numba kernel lays the patches out as
@@ -16,7 +16,8 @@ Here ``w_mat`` is the weight as a (rows, C*kh*kw) matrix and ``g_mat``/``x_mat``
 are (C, H*W*N) matrices.  Stride-1 layers with few channels and large kernels
 take the direct kernels of :mod:`nbclust.kernels.cpu.direct` instead, and layers
 with a single-channel image side a per-sample variant (:func:`_path`).
-``linear`` is one BLAS call per product and ``reshape`` the reference's.
+``linear`` is one BLAS call per product.  Max pooling and unpooling are in
+:mod:`nbclust.kernels.cpu.pool`.
 
 Padding may be asymmetric (``((top, bottom), (left, right))``, or ``"tf_same"``, see
 :mod:`nbclust.convshape`) on every path: the kernels index from the top/left padding, and
@@ -33,7 +34,9 @@ from nbclust import convshape
 from nbclust.kernels.cpu.direct import direct_adjoint, use_direct, _direct, _direct_w
 from nbclust.kernels.cpu.layout import batch_first, batch_last, contiguous, placed
 from nbclust.kernels.cpu.pointwise import run
-from nbclust.reference import conv as reference_conv
+from nbclust.kernels.cpu.pool import (  # noqa: F401  (the conv family's pooling ops)
+    max_pool2d_backward, max_pool2d_forward, max_unpool2d_backward, max_unpool2d_forward,
+)
 
 
 @njit(cache=True, parallel=True)
@@ -159,8 +162,8 @@ def _sample_sum(a, cols):
     return np.matmul(a, cols.transpose(0, 2, 1)).sum(axis=0)
 
 
-def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
-    (n, o, ho, wo), stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
+def conv2d_forward(x, w, b, stride, padding):
+    n, o, ho, wo = convshape.conv_output_shape(x, w, stride, padding)
     geometry = _geometry(stride, padding)
     x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
@@ -205,9 +208,8 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
     return grad_x, grad_w, grad_b
 
 
-def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
-    (n, cout, hout, wout), stride, padding, _ = convshape.conv_transpose_geometry(
-        x, w, b, stride, padding, output_padding)
+def conv_transpose2d_forward(x, w, b, stride, padding, output_padding):
+    n, cout, hout, wout = convshape.conv_transpose_output_shape(x, w, stride, padding, output_padding)
     geometry = _geometry(stride, padding)
     x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
@@ -256,7 +258,6 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
 
 
 def linear_forward(x, w, b):
-    convshape.check_linear_input(x, w, b)
     w = contiguous(w, x.dtype)
     y = np.matmul(x, w.T)
     if b is not None:
@@ -269,10 +270,3 @@ def linear_backward(grad_y, ctx, input_grad=True):
     g = contiguous(grad_y, x.dtype)
     return (np.matmul(g, w) if input_grad else None), np.matmul(g.T, x), (g.sum(axis=0) if has_bias else None)
 
-
-OPS = {
-    "conv2d": (conv2d_forward, conv2d_backward),
-    "conv_transpose2d": (conv_transpose2d_forward, conv_transpose2d_backward),
-    "linear": (linear_forward, linear_backward),
-    "reshape": reference_conv.OPS["reshape"],  # metadata only: the same on every backend
-}

@@ -15,7 +15,6 @@ from numba import njit, prange
 from nbclust import convshape
 from nbclust.kernels.cpu.layout import contiguous
 from nbclust.kernels.cpu.pointwise import run
-from nbclust.reference import conv as reference_conv
 
 POOL, SCATTER_ADD, SCATTER, GATHER = range(4)
 
@@ -68,47 +67,41 @@ def _max_pool_plane(xp, kh, kw, sh, sw, yp, ip):
 def _move_plane(mode, src, ip, dst):
     """SCATTER_ADD (pooling's backward): dst = 0, then dst[ip[k]] += src[k]; SCATTER (unpooling):
     dst = 0, then dst[ip[k]] = src[k] (the last write wins); GATHER (unpooling's backward):
-    dst[k] = src[ip[k]] (indices already checked).  True if a scattered index lies outside
-    [0, dst.size) (not written)."""
+    dst[k] = src[ip[k]].  The op table has checked the indices; a scattered index outside
+    [0, dst.size) is still never written (memory safety)."""
     if mode == GATHER:
         for k in range(dst.size):
             dst[k] = src[ip[k]]
-        return False
+        return
     dst[:] = 0
-    bad = False
     for k in range(src.size):
         j = ip[k]
         if 0 <= j < dst.size:
             dst[j] = dst[j] + src[k] if mode == SCATTER_ADD else src[k]
-        else:
-            bad = True
-    return bad
 
 
 @njit(cache=True, parallel=True)
-def _planes(mode, a, indices, b, geometry, bad):
+def _planes(mode, a, indices, b, geometry):
     """Per plane p of the 3-D ``a``, ``indices``, ``b``: POOL: b[p], indices[p] = the maxima
     and arg-maxima of a[p] (:func:`_max_pool_plane`, ``geometry`` = (kh, kw, sh, sw)); else
-    :func:`_move_plane` from a[p, 0] to b[p, 0] (planes as (P, 1, size) arrays), flagging bad
-    indices in ``bad[p]``."""
+    :func:`_move_plane` from a[p, 0] to b[p, 0] (planes as (P, 1, size) arrays)."""
     kh, kw, sh, sw = geometry
     for p in prange(a.shape[0]):
         if mode == POOL:
             _max_pool_plane(a[p], kh, kw, sh, sw, b[p], indices[p])
         else:
-            bad[p] = _move_plane(mode, a[p, 0], indices[p, 0], b[p, 0])
+            _move_plane(mode, a[p, 0], indices[p, 0], b[p, 0])
 
 
 _NO_GEOMETRY = (0,) * 4
 
 
-def max_pool2d_forward(x, kernel=(2, 2), stride=(2, 2)):
-    n, c, ho, wo = convshape.check_pool_input(x, kernel, stride)
-    (kh, kw), (sh, sw) = convshape.normalize_pair(kernel, "kernel"), convshape.normalize_pair(stride, "stride")
+def max_pool2d_forward(x, kernel, stride):
+    n, c, ho, wo = convshape.pool_output_shape(x, kernel, stride)
     x = contiguous(x, x.dtype)
     y = np.empty((n * c, ho, wo), dtype=x.dtype)
     indices = np.empty((n * c, ho, wo), dtype=np.int64)
-    run(_planes, x.size, POOL, x.reshape(n * c, *x.shape[2:]), indices, y, (kh, kw, sh, sw), np.empty(n * c, np.bool_))
+    run(_planes, x.size, POOL, x.reshape(n * c, *x.shape[2:]), indices, y, (*kernel, *stride))
     indices = indices.reshape(n, c, ho, wo)
     return (y.reshape(n, c, ho, wo), indices), (indices, x.shape)
 
@@ -118,20 +111,16 @@ def max_pool2d_backward(grad_y, ctx):
     n, c, h, w = x_shape
     g = contiguous(grad_y, grad_y.dtype).reshape(n * c, 1, -1)
     grad_x = np.empty((n * c, 1, h * w), dtype=g.dtype)
-    run(_planes, grad_x.size, SCATTER_ADD, g, indices.reshape(n * c, 1, -1), grad_x, _NO_GEOMETRY,
-        np.empty(n * c, np.bool_))
+    run(_planes, grad_x.size, SCATTER_ADD, g, indices.reshape(n * c, 1, -1), grad_x, _NO_GEOMETRY)
     return (grad_x.reshape(x_shape),)
 
 
-def max_unpool2d_forward(x, indices, output_size=(1, 1)):
-    n, c, h, w = convshape.check_unpool_input(x, indices, output_size)
+def max_unpool2d_forward(x, indices, output_size):
+    (n, c), (h, w) = x.shape[:2], output_size
     xs = contiguous(x, x.dtype).reshape(n * c, 1, -1)
     flat = contiguous(indices, np.int64).reshape(n * c, 1, -1)
     y = np.empty((n * c, 1, h * w), dtype=x.dtype)
-    bad = np.zeros(n * c, dtype=np.bool_)
-    run(_planes, y.size, SCATTER, xs, flat, y, _NO_GEOMETRY, bad)
-    if bad.any():
-        reference_conv.check_unpool_range(indices, h * w)  # raises the shared message
+    run(_planes, y.size, SCATTER, xs, flat, y, _NO_GEOMETRY)
     return y.reshape(n, c, h, w), (flat, x.shape)
 
 
@@ -139,11 +128,6 @@ def max_unpool2d_backward(grad_y, ctx):
     flat, x_shape = ctx
     g = contiguous(grad_y, grad_y.dtype).reshape(flat.shape[0], 1, -1)
     grad_x = np.empty(flat.shape, dtype=g.dtype)
-    run(_planes, g.size, GATHER, g, flat, grad_x, _NO_GEOMETRY, np.empty(flat.shape[0], np.bool_))
+    run(_planes, g.size, GATHER, g, flat, grad_x, _NO_GEOMETRY)
     return grad_x.reshape(x_shape), None
 
-
-OPS = {
-    "max_pool2d": (max_pool2d_forward, max_pool2d_backward),
-    "max_unpool2d": (max_unpool2d_forward, max_unpool2d_backward),
-}
