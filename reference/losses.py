@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from nbclust.optable.clustering import check_rank
-from nbclust.reference._xp import array_module
+from nbclust.reference._runtime import array_module
 
 
 def scalar(grad_out, like):

@@ -106,19 +106,22 @@ def simulated_backend(gpu_package) -> Backend:
 
 
 def _import_gpu_with(xp_module):
-    """Import a fresh copy of nbclust.kernels.gpu whose ``xp`` is ``xp_module``, leaving sys.modules as it was."""
+    """Import a fresh copy of nbclust.kernels.gpu with ``xp_module`` in the place of CuPy (its
+    runtime's ``xp``), leaving sys.modules as it was."""
     import nbclust.kernels as kernels_pkg
 
     prefix = "nbclust.kernels.gpu"
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == prefix or k.startswith(prefix + ".")}
+
+    def swapped(name):
+        return name in ("cupy", prefix) or name.startswith(prefix + ".")
+
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if swapped(k)}
     had_attr, old_attr = hasattr(kernels_pkg, "gpu"), getattr(kernels_pkg, "gpu", None)
-    fake = types.ModuleType(prefix + "._xp")
-    fake.xp = xp_module
-    sys.modules[prefix + "._xp"] = fake
+    sys.modules["cupy"] = xp_module
     try:
         return importlib.import_module(prefix)
     finally:
-        for k in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
+        for k in [k for k in sys.modules if swapped(k)]:
             del sys.modules[k]
         sys.modules.update(saved)
         if had_attr:
@@ -149,7 +152,7 @@ def sim(_sim_package, monkeypatch):
     """The gpu backend's code running on NumPy arrays.
 
     The reference functions it shares take their array module from the inputs
-    (``nbclust.reference._xp.array_module``): a stand-in ``cupy`` in
+    (``nbclust.reference._runtime.array_module``): a stand-in ``cupy`` in
     ``sys.modules`` makes that the simulated CuPy rather than NumPy, so their
     device-side branches (a 0-d device ``grad_out``) run here too.
     """

@@ -1,7 +1,7 @@
 """CuPy convolution-family ops: im2col gathers + one cuBLAS matmul each.
 
 ``cols[n, (c,i,j), (ho,wo)] = xpad[n, c, ho*sh + i, wo*sw + j]`` is a gather
-through a cached index table (:mod:`._tables`); its adjoint ``col2im`` is a
+through a cached index table (:mod:`._runtime`); its adjoint ``col2im`` is a
 gather too (each input pixel sums the patch elements that read it, in a fixed
 order), so every op here is deterministic: no atomics, no scatter-add.
 ``conv_transpose2d`` is the adjoint of ``conv2d`` in its input and reuses the
@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from nbclust import convshape
-from nbclust.kernels.gpu._tables import conv_tables, pool_tables
-from nbclust.kernels.gpu._xp import xp
+from nbclust.kernels.gpu._runtime import conv_tables, pool_tables, xp
 
 
 class _Geometry(NamedTuple):
-    im2col: object  # (C*kh*kw, Ho*Wo) device index table, see _tables.conv_tables
+    im2col: object  # (C*kh*kw, Ho*Wo) device index table, see _runtime.conv_tables
     col2im: object  # (C*H*W, M)
     padding: tuple  # ((top, bottom), (left, right))
 

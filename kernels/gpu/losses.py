@@ -12,7 +12,7 @@ gradient), instead of the reference's five temporaries per pass.
 
 from __future__ import annotations
 
-from nbclust.kernels.gpu._xp import xp
+from nbclust.kernels.gpu._runtime import xp
 from nbclust.reference import losses as _ref
 
 

@@ -9,7 +9,7 @@ batch norm and dropout are the array-module generic functions of
 
 from __future__ import annotations
 
-from nbclust.kernels.gpu._xp import xp
+from nbclust.kernels.gpu._runtime import xp
 from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
 
 
