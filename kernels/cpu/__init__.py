@@ -8,14 +8,14 @@ Threading: a kernel either runs a Numba ``prange`` region or makes one BLAS
 call, never both at once; where a Numba region must call BLAS it runs under
 ``threadpoolctl.threadpool_limits(1)`` so the two thread pools do not nest.
 
-Memory: see :mod:`nbclust.kernels.cpu.memory` (freed blocks are reused, not unmapped).
+Memory: see :mod:`nbclust.kernels.cpu._runtime` (freed blocks are reused, not unmapped).
 """
 
-from nbclust.kernels.cpu import conv, losses, memory, pointwise, pool  # noqa: F401  (read by nbclust.backend)
+from nbclust.kernels.cpu import _runtime, conv, losses, pointwise  # noqa: F401  (read by nbclust.backend)
 
 RUNS_REFERENCE = frozenset({
     "reshape",  # metadata only: x.reshape is the same on every backend
 })
 """The ops this backend runs from the reference (tests/test_ops.py asserts it is exactly these)."""
 
-memory.keep_freed_memory()
+_runtime.keep_freed_memory()

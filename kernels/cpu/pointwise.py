@@ -15,7 +15,7 @@ float32 the kernels use :func:`_exp_f32` instead, a branch-free polynomial
 that the compiler vectorises (about 1 ulp); float64 keeps libm (NumPy's
 results within 1e-12).
 
-Small problems run on one thread (:func:`run`): waking a thread pool costs
+Small problems run on one thread (:func:`._runtime.run`): waking a thread pool costs
 microseconds on an idle machine and milliseconds on a busy one, more than the
 work itself.  The activations call their serial chunk kernel directly instead
 (no thread-count switch, no parallel launch: 4 us instead of 10 us on small
@@ -28,31 +28,16 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from nbclust.kernels.cpu._runtime import SERIAL_BELOW, run
 from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
 
 SIGMOID, TANH, RELU, LEAKY_RELU, SELU = range(5)
-
-SERIAL_BELOW = 1 << 18
-"""Work (elements, or multiply-adds for the conv kernels) below which a parallel kernel runs on one thread."""
-
-
-def run(kernel, work: int, *args):
-    """``kernel(*args)``, on one thread when ``work < SERIAL_BELOW``."""
-    if work >= SERIAL_BELOW:
-        return kernel(*args)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
 
 
 # --- vectorisable float32 exp ------------------------------------------------
