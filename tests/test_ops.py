@@ -1,12 +1,15 @@
 """The op table x backends: finite differences, backend agreement, coverage, the one op boundary."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from nbclust import gradcheck, reference
 from nbclust.backend import Backend, get_backend
 from nbclust.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
-from nbclust.optable import OPS, Case, OpSpec
+from nbclust.optable import FAMILIES, OPS, Case, OpSpec
 
 from conftest import (
     AVAILABLE_BACKENDS, assert_declared_backend, assert_matches_reference, assert_no_stray_implementations,
@@ -21,6 +24,13 @@ def test_reference_implements_the_whole_table():
     for spec in OPS.values():
         assert ref.own(spec) is not None, f"no reference implementation of {spec.name}"
     assert_no_stray_implementations(ref.package)
+
+
+@pytest.mark.parametrize("package", ["nbclust.reference", "nbclust.kernels.cpu", "nbclust.kernels.gpu"])
+def test_every_backend_has_the_same_file_map(package):
+    """The op families (conv, pointwise, losses) and one private runtime module, nothing else."""
+    folder = Path(importlib.util.find_spec(package).submodule_search_locations[0])  # gpu: without CuPy
+    assert sorted(f.stem for f in folder.glob("*.py")) == sorted(["__init__", "_runtime", *FAMILIES])
 
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
