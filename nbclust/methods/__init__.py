@@ -5,8 +5,8 @@ it lives in :mod:`nbclust.registry` (import-light); the package (``nbclust.DCAE`
 command line and the experiments runner (``python -m nbclust.experiments``) all read it.  Adding
 a method is its module plus one line there.  ``ESTIMATORS`` (class name -> module) are the
 deep estimators among them, the :class:`~nbclust.methods.base.DeepClusterer` subclasses of
-this package; the others are baselines (:mod:`nbclust.baseline`).  ``available()`` returns the estimator classes whose
-module is present.
+this package; the others are baselines (:mod:`nbclust.baseline`).  ``available()`` returns the
+estimator classes whose module is present.
 """
 
 from __future__ import annotations
