@@ -250,6 +250,7 @@ def _step_case(runtime, net, n):
         return run, modules, x
     from nbclust import nn
     from nbclust.backend import get_backend
+    from nbclust.optable import OPS
     from nbclust.optim import Adam
 
     b = get_backend("cpu")
@@ -257,13 +258,11 @@ def _step_case(runtime, net, n):
     opt = Adam(model.parameters(), lr=1e-3)
     xb = b.asarray(x)
     target = np.random.default_rng(1).random(model.forward(xb).shape).astype(np.float32)
-    mse = b.op("mse")
-    one = np.ones((), dtype=np.float32)
 
     def run():
         opt.zero_grad()
-        _, ctx = mse.forward(model.forward(xb), target)
-        model.backward(mse.backward(one, ctx)[0], input_grad=False)  # as torch: x needs no grad
+        _, ctx = OPS.mse(b, model.forward(xb), target)
+        model.backward(ctx.backward()[0], input_grad=False)  # as torch: x needs no grad
         opt.step()
     return run, modules, x
 

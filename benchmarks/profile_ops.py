@@ -26,7 +26,8 @@ def main(argv=None) -> int:
 
     set_threads(args.threads, "nbclust")
     import cases
-    from nbclust.backend import Op, get_backend
+    from nbclust.backend import Implementation, get_backend
+    from nbclust.optable import OPS
 
     backend = get_backend("cpu")
     spent = defaultdict(float)
@@ -40,8 +41,10 @@ def main(argv=None) -> int:
             return out
         return call
 
-    backend._ops = {n: Op(timed(n + " fwd", op.forward), timed(n + " bwd", op.backward))
-                    for n, op in backend._ops.items()}
+    for spec in OPS.values():  # what the backend resolves each op to, timed
+        impl = backend.implementation(spec)
+        backend._resolved[spec] = Implementation(timed(spec.name + " fwd", impl.forward),
+                                                 timed(spec.name + " bwd", impl.backward))
     for name in args.cases:
         run, flops = cases.build("nbclust", name)
         run()

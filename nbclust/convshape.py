@@ -1,10 +1,12 @@
 """Shape arithmetic and argument validation of the convolution-family ops.
 
-Shared by every backend's forward and by the layers, so that a bad argument
-raises the same one-line ``ValueError`` everywhere.  Spatial arguments are
-pairs ``(height, width)``; :func:`normalize_pair` turns an int into a pair.
-The ``check_*`` functions look only at ``.shape``/``.ndim``/``.dtype``, so they
-accept NumPy and CuPy arrays alike, and return the op's output shape.
+Used by the op table's checks (:mod:`nbclust.optable.conv`, which validate every call once,
+for every backend) and by the layers, so that a bad argument raises the same one-line
+``ValueError`` everywhere; the backends only compute output shapes (``*_output_shape``).
+Spatial arguments are pairs ``(height, width)``; :func:`normalize_pair` turns an int into a
+pair.  The ``check_*`` functions look only at ``.shape``/``.ndim``/``.dtype`` (but
+:func:`check_unpool_range`, which reads the indices), so they accept NumPy and CuPy arrays
+alike, and return the op's output shape.
 
 Padding
 -------
@@ -196,7 +198,11 @@ def _conv_output(size, kernel, stride, padding):
     padded = tuple(n + a + b for n, (a, b) in zip(size, pads))
     if kernel[0] > padded[0] or kernel[1] > padded[1]:
         raise ValueError(f"kernel {kernel} is larger than the padded input {padded}")
-    return tuple((n - k) // s + 1 for n, k, s in zip(padded, kernel, stride)), pads
+    return _conv_sizes(size, kernel, stride, pads), pads
+
+
+def _conv_sizes(size, kernel, stride, pads) -> tuple[int, int]:
+    return tuple((n + a + b - k) // s + 1 for n, k, s, (a, b) in zip(size, kernel, stride, pads))
 
 
 def conv_transpose_output_size(size, kernel, stride=1, padding=0, output_padding=0) -> tuple[int, int]:
@@ -210,11 +216,14 @@ def _conv_transpose_output(size, kernel, stride, padding, output_padding):
     size, kernel = _positive(size, "input size"), _positive(kernel, "kernel_size")
     stride = _positive(stride, "stride")
     pads, output_padding = resolve_transpose_padding(padding, kernel, stride, output_padding)
-    out = tuple((n - 1) * s + k - a - b + q
-                for n, k, s, (a, b), q in zip(size, kernel, stride, pads, output_padding))
+    out = _conv_transpose_sizes(size, kernel, stride, pads, output_padding)
     if min(out) <= 0:
         raise ValueError(f"padding {padding} leaves an empty transposed-convolution output {out}")
     return out, pads, output_padding
+
+
+def _conv_transpose_sizes(size, kernel, stride, pads, output_padding) -> tuple[int, int]:
+    return tuple((n - 1) * s + k - a - b + q for n, k, s, (a, b), q in zip(size, kernel, stride, pads, output_padding))
 
 
 def pool_output_size(size, kernel, stride=None) -> tuple[int, int]:
@@ -223,7 +232,7 @@ def pool_output_size(size, kernel, stride=None) -> tuple[int, int]:
     stride = kernel if stride is None else _positive(stride, "stride")
     if kernel[0] > size[0] or kernel[1] > size[1]:
         raise ValueError(f"pooling kernel {kernel} is larger than the input {size}")
-    return tuple((n - k) // s + 1 for n, k, s in zip(size, kernel, stride))
+    return _conv_sizes(size, kernel, stride, ((0, 0), (0, 0)))
 
 
 def _check_ndim(a, ndim: int, what: str) -> None:
@@ -248,11 +257,6 @@ def conv_geometry(x, w, b=None, stride=1, padding=0):
     return (x.shape[0], w.shape[0], ho, wo), normalize_pair(stride, "stride"), pads
 
 
-def check_conv_input(x, w, b=None, stride=1, padding=0) -> tuple[int, int, int, int]:
-    """Validate ``conv2d(x (N,C,H,W), w (O,C,kh,kw), b (O,))``; return the output shape."""
-    return conv_geometry(x, w, b, stride, padding)[0]
-
-
 def conv_transpose_geometry(x, w, b=None, stride=1, padding=0, output_padding=0):
     """Validate ``conv_transpose2d(x (N,Cin,H,W), w (Cin,Cout,kh,kw), b (Cout,))``; return
     ``(output shape, (sh, sw), ((top, bottom), (left, right)), (oh, ow))`` (``"tf_same"`` resolved)."""
@@ -264,11 +268,6 @@ def conv_transpose_geometry(x, w, b=None, stride=1, padding=0, output_padding=0)
     _check_bias(b, w.shape[1], "conv_transpose2d")
     (ho, wo), pads, output_padding = _conv_transpose_output(x.shape[2:], w.shape[2:], stride, padding, output_padding)
     return (x.shape[0], w.shape[1], ho, wo), normalize_pair(stride, "stride"), pads, output_padding
-
-
-def check_conv_transpose_input(x, w, b=None, stride=1, padding=0, output_padding=0) -> tuple[int, int, int, int]:
-    """Validate ``conv_transpose2d(x (N,Cin,H,W), w (Cin,Cout,kh,kw), b (Cout,))``; return the output shape."""
-    return conv_transpose_geometry(x, w, b, stride, padding, output_padding)[0]
 
 
 def check_pool_input(x, kernel, stride=None) -> tuple[int, int, int, int]:
@@ -290,6 +289,12 @@ def check_unpool_input(x, indices, output_size) -> tuple[int, int, int, int]:
         raise ValueError(f"max_unpool2d: indices must be integers, got {indices.dtype}")
     h, w = _positive(output_size, "output_size")
     return x.shape[0], x.shape[1], h, w
+
+
+def check_unpool_range(indices, size: int) -> None:
+    """ValueError unless every index lies in the output plane of ``size`` values (reads the data)."""
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size):
+        raise ValueError(f"max_unpool2d: indices must lie in [0, {size}) (the output plane)")
 
 
 def check_linear_input(x, w, b=None) -> tuple[int, int]:
@@ -318,3 +323,24 @@ def check_reshape(x, shape) -> tuple[int, ...]:
     elif known != size:
         raise ValueError(f"reshape: cannot reshape {tuple(x.shape)} into {shape}")
     return shape
+
+
+# ---------------------------------------------------------------- shapes of validated calls
+# The op table validates every call once (nbclust.optable) and hands the backends stride,
+# kernel and padding in normal form: pairs and ((top, bottom), (left, right)).  These give the
+# output shape of such a call, without validating again.
+
+
+def conv_output_shape(x, w, stride, padding) -> tuple[int, int, int, int]:
+    """``(N, O, Ho, Wo)`` of a validated ``conv2d(x, w)``."""
+    return (x.shape[0], w.shape[0], *_conv_sizes(x.shape[2:], w.shape[2:], stride, padding))
+
+
+def conv_transpose_output_shape(x, w, stride, padding, output_padding) -> tuple[int, int, int, int]:
+    """``(N, Cout, Hout, Wout)`` of a validated ``conv_transpose2d(x, w)``."""
+    return (x.shape[0], w.shape[1], *_conv_transpose_sizes(x.shape[2:], w.shape[2:], stride, padding, output_padding))
+
+
+def pool_output_shape(x, kernel, stride) -> tuple[int, int, int, int]:
+    """``(N, C, Ho, Wo)`` of a validated ``max_pool2d(x)``."""
+    return (*x.shape[:2], *_conv_sizes(x.shape[2:], kernel, stride, ((0, 0), (0, 0))))

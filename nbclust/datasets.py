@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from nbclust.io import atomic_path, remove_stale
+from nbclust.registry import DATASETS as NAMES
 
 SYSTEM_DIRS = ("/usr/share/datasets", "/usr/local/share/datasets")
 MIRROR: str | None = None
@@ -80,7 +81,6 @@ _SPLITS = {
     "fashion-mnist-test": ("fashion-mnist", ("t10k",)),
 }
 _NPZ = {"train": "mnist_train.npz", "t10k": "mnist_test.npz"}
-NAMES = ("digits", *_SPLITS, "usps", "coil20", "yaleb")
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 

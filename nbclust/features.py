@@ -30,8 +30,7 @@ import numpy as np
 from numba import njit, prange
 from sklearn.base import BaseEstimator, TransformerMixin
 
-FEATURES = ("none", "dsift-pca")
-"""Values of ``--features`` (``none``: the pixels)."""
+from nbclust.registry import FEATURES  # the values of --features
 
 CACHE_VERSION = 1
 """Bumped whenever the descriptor or the PCA changes, so stale cache files are not reused."""

@@ -22,13 +22,8 @@ from pathlib import Path
 
 from nbclust import __version__
 
-from nbclust.methods import METHODS  # the registry: --method name -> (module, class)
+from nbclust.registry import BACKENDS, DATASETS, FEATURES, METHODS  # import-light: no numpy here
 from nbclust.rundir import CHECKPOINT, RunDir
-
-BACKENDS = ("cpu", "reference", "cuda")
-DATASETS = ("digits", "mnist", "mnist-test", "mnist-full", "fashion-mnist", "fashion-mnist-train",
-            "fashion-mnist-test", "usps", "coil20", "yaleb")  # = nbclust.datasets.NAMES
-FEATURES = ("none", "dsift-pca")  # = nbclust.features.FEATURES (not imported here: it loads Numba)
 DEFAULTS = {
     "data": "digits", "data_home": None, "download": False, "n_clusters": None, "backend": "cpu",
     "threads": None, "seed": 0, "out": None, "plot": False, "checkpoint_every": 10, "quiet": False,
@@ -295,11 +290,10 @@ def _same(a, b) -> bool:
 
 def _estimator(opts):
     """The estimator built from ``opts``; a clear error for options the method does not have."""
-    import importlib
+    from nbclust.methods import estimator_class
 
-    module, name = METHODS[opts["method"]][:2]
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = estimator_class(opts["method"])
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"method {opts['method']!r} is not available in this installation ({exc})") from None
     kwargs = {"random_state": opts["seed"], "verbose": 0}
@@ -512,9 +506,7 @@ def _check_path_params(opts, est):
 
 def _features(opts, X, est):
     """(the estimator's input for ``--features``, a record of how the features were made)."""
-    import inspect
-
-    from nbclust.features import as_estimator_input, dsift_pca, features_for
+    from nbclust.features import as_estimator_input, features_for
 
     with _thread_limit(opts["threads"]):
         F, info = features_for(opts["features"], X, return_info=True)
@@ -522,11 +514,8 @@ def _features(opts, X, est):
         how = "read from cache" if info["cached"] else f"computed ({_seconds_text(info['seconds'])})"
         print(f"[features] {opts['features']}: {F.shape[0]} x {F.shape[1]} ({info['n_dsift']}-d descriptors), {how}",
               file=sys.stderr, flush=True)
-    wanted = inspect.signature(dsift_pca).parameters["n_components"].default
-    if F.shape[1] < wanted:
-        print(f"warning: --features {opts['features']}: PCA to {F.shape[1]} dimensions, not {wanted}: PCA keeps at "
-              f"most one per image ({F.shape[0]} images) and per descriptor entry ({info['n_dsift']})",
-              file=sys.stderr, flush=True)
+    if info.get("dim_reason"):
+        print(f"warning: --features {opts['features']}: {info['dim_reason']}", file=sys.stderr, flush=True)
     return as_estimator_input(F, est), {"features": opts["features"], "feature_dim": int(F.shape[1]),
                                         "feature_cached": info["cached"], "feature_seconds": info["seconds"]}
 

@@ -24,8 +24,9 @@ import sys
 
 import numpy as np
 
-from nbclust.backend import BACKENDS, get_backend
+from nbclust.backend import get_backend
 from nbclust.optable import OPS, Case, OpSpec
+from nbclust.registry import BACKENDS
 
 TOLERANCE = {"float64": 1e-6, "float32": 2e-2}
 
@@ -38,22 +39,15 @@ def cast_inputs(case: Case, dtype) -> tuple:
     )
 
 
-def primary(out):
-    """The differentiable output of a forward result (see :mod:`nbclust.optable`)."""
-    return out[0] if isinstance(out, tuple) else out
-
-
 def run_op(backend, spec: OpSpec, inputs: tuple, attrs: dict, grad_out=None, **backward_kw):
-    """Forward (and backward with ``grad_out`` and ``backward_kw``) on ``backend``; results as NumPy."""
-    op = backend.op(spec.name)
+    """Forward (and backward with ``grad_out`` and ``backward_kw``) of ``spec`` on ``backend``:
+    ``((out, *aux), grads)`` as NumPy (the auxiliary outputs in the order of ``spec.aux``)."""
     dev = tuple(None if a is None else backend.asarray(a) for a in inputs)
-    out, ctx = op.forward(*dev, **attrs)
-    outs = tuple(backend.to_numpy(o) for o in (out if isinstance(out, tuple) else (out,)))
+    out, ctx = spec(backend, *dev, **attrs)
+    outs = tuple(backend.to_numpy(o) for o in (out, *ctx.aux.values()))
     if grad_out is None:
         return outs, None
-    grads = op.backward(backend.asarray(grad_out), ctx, **backward_kw)
-    if len(grads) != len(spec.inputs):
-        raise AssertionError(f"{spec.name}: backward returned {len(grads)} grads for {len(spec.inputs)} inputs")
+    grads = ctx.backward(backend.asarray(grad_out), **backward_kw)
     return outs, tuple(None if g is None else backend.to_numpy(g) for g in grads)
 
 

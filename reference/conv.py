@@ -1,4 +1,5 @@
-"""Reference conv ops (see nbclust.optable for the calling convention).
+"""Reference conv ops (see nbclust.optable: arguments arrive validated, stride and kernel as
+pairs, padding as ``((top, bottom), (left, right))``).
 
 Convolutions go through im2col: ``cols[n, (c, i, j), (ho, wo)] =
 xpad[n, c, ho*sh + i, wo*sw + j]``, so ``conv2d`` is one matmul with the
@@ -49,9 +50,8 @@ def _crop(xpad, padding, hw):
     return xpad[:, :, top:top + h, left:left + w]
 
 
-def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
-    """``padding``: any form of :mod:`nbclust.convshape` (symmetric, ((top, bottom), (left, right)), "tf_same")."""
-    (n, o, ho, wo), stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
+def conv2d_forward(x, w, b, stride, padding):
+    n, o, ho, wo = convshape.conv_output_shape(x, w, stride, padding)
     kernel = w.shape[2:]
     cols = _im2col(_pad(x, padding), kernel, stride, (ho, wo))
     y = (w.reshape(o, -1) @ cols).reshape(n, o, ho, wo)
@@ -74,11 +74,10 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
     return np.ascontiguousarray(grad_x), grad_w, grad_b
 
 
-def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
+def conv_transpose2d_forward(x, w, b, stride, padding, output_padding):
     """The adjoint of conv2d in its input: ``col2im(w_mat.T @ x)``, cropped by ``padding``
-    (``((top, bottom), (left, right))``; ``output_padding`` lowers the bottom/right crop)."""
-    (n, cout, hout, wout), stride, padding, output_padding = convshape.conv_transpose_geometry(
-        x, w, b, stride, padding, output_padding)
+    (``output_padding`` lowers the bottom/right crop)."""
+    n, cout, hout, wout = convshape.conv_transpose_output_shape(x, w, stride, padding, output_padding)
     _, cin, h, wd = x.shape
     kernel = w.shape[2:]
     cols = w.reshape(cin, -1).T @ x.reshape(n, cin, h * wd)
@@ -99,15 +98,9 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
     return grad_x, grad_w, grad_b
 
 
-def pool_geometry(x, kernel, stride):
-    """Validated ``(N, C, Ho, Wo), (kh, kw), (sh, sw)`` of a pooling of ``x`` (shared with the CuPy backend)."""
-    out = convshape.check_pool_input(x, kernel, stride)
-    return out, convshape.normalize_pair(kernel, "kernel"), convshape.normalize_pair(stride, "stride")
-
-
-def max_pool2d_forward(x, kernel=(2, 2), stride=(2, 2)):
+def max_pool2d_forward(x, kernel, stride):
     """Window maxima and the flat plane index of each (first maximum in row-major window order)."""
-    (n, c, ho, wo), (kh, kw), (sh, sw) = pool_geometry(x, kernel, stride)
+    (n, c, ho, wo), (kh, kw), (sh, sw) = convshape.pool_output_shape(x, kernel, stride), kernel, stride
     h, w = x.shape[2:]
     windows = _im2col(x, (kh, kw), (sh, sw), (ho, wo)).reshape(n, c, kh * kw, ho, wo)
     arg = np.argmax(windows, axis=2)  # first occurrence of the maximum
@@ -127,15 +120,8 @@ def max_pool2d_backward(grad_y, ctx):
     return (grad_x.reshape(x_shape),)
 
 
-def check_unpool_range(indices, size):
-    """ValueError unless every index lies in the output plane (shared with the CuPy backend)."""
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size):
-        raise ValueError(f"max_unpool2d: indices must lie in [0, {size}) (the output plane)")
-
-
-def max_unpool2d_forward(x, indices, output_size=(1, 1)):
-    n, c, h, w = convshape.check_unpool_input(x, indices, output_size)
-    check_unpool_range(indices, h * w)
+def max_unpool2d_forward(x, indices, output_size):
+    (n, c), (h, w) = x.shape[:2], output_size
     flat = indices.reshape(n, c, -1)
     y = np.zeros((n, c, h * w), dtype=x.dtype)
     np.put_along_axis(y, flat, x.reshape(n, c, -1), axis=2)
@@ -149,7 +135,6 @@ def max_unpool2d_backward(grad_y, ctx):
 
 
 def linear_forward(x, w, b):
-    convshape.check_linear_input(x, w, b)
     y = x @ w.T
     if b is not None:
         y += b
@@ -161,19 +146,10 @@ def linear_backward(grad_y, ctx, input_grad=True):
     return (grad_y @ w if input_grad else None), grad_y.T @ x, (grad_y.sum(axis=0) if has_bias else None)
 
 
-def reshape_forward(x, shape=(-1,)):
-    return x.reshape(convshape.check_reshape(x, shape)), x.shape
+def reshape_forward(x, shape):
+    return x.reshape(shape), x.shape
 
 
 def reshape_backward(grad_y, x_shape):
     return (grad_y.reshape(x_shape),)
 
-
-OPS = {
-    "conv2d": (conv2d_forward, conv2d_backward),
-    "conv_transpose2d": (conv_transpose2d_forward, conv_transpose2d_backward),
-    "max_pool2d": (max_pool2d_forward, max_pool2d_backward),
-    "max_unpool2d": (max_unpool2d_forward, max_unpool2d_backward),
-    "linear": (linear_forward, linear_backward),
-    "reshape": (reshape_forward, reshape_backward),
-}

@@ -6,10 +6,8 @@ backend reuses softmax, log_softmax, batch_norm and dropout from here.
 
 from __future__ import annotations
 
-from nbclust.optable.pointwise import (
-    SELU_ALPHA, SELU_SCALE, check_batch_norm, check_dropout, check_softmax,
-)
-from nbclust.reference._xp import array_module
+from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
+from nbclust.reference._runtime import array_module
 
 
 def sigmoid_forward(x):
@@ -47,7 +45,7 @@ def relu_backward(grad_y, pos):
     return (xp.where(pos, grad_y, 0.0).astype(grad_y.dtype, copy=False),)
 
 
-def leaky_relu_forward(x, slope=0.01):
+def leaky_relu_forward(x, slope):
     xp = array_module(x)
     pos = x > 0
     return xp.where(pos, x, slope * x).astype(x.dtype, copy=False), (pos, slope)
@@ -73,7 +71,6 @@ def selu_backward(grad_y, x):
 
 def softmax_forward(x):
     xp = array_module(x)
-    check_softmax(x, "softmax")
     e = xp.exp(x - x.max(axis=1, keepdims=True))
     y = e / e.sum(axis=1, keepdims=True)
     return y, y
@@ -86,7 +83,6 @@ def softmax_backward(grad_y, y):
 
 def log_softmax_forward(x):
     xp = array_module(x)
-    check_softmax(x, "log_softmax")
     shifted = x - x.max(axis=1, keepdims=True)
     y = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     return y, y
@@ -97,7 +93,7 @@ def log_softmax_backward(grad_y, y):
     return (grad_y - xp.exp(y) * xp.sum(grad_y, axis=1, keepdims=True),)
 
 
-def batch_norm_forward(x, gamma, beta, running_mean, running_var, training=False, momentum=0.1, eps=1e-5):
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps):
     """Per-channel normalisation over (N,) or (N, H, W).
 
     Training normalises with the batch mean and biased variance and updates
@@ -105,7 +101,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, training=False
     the running statistics.  Returns ``(y, new_running_mean, new_running_var)``.
     """
     xp = array_module(x)
-    n = check_batch_norm(x, gamma, beta, running_mean, running_var, training, eps)
+    n = x.size // x.shape[1]  # values per channel
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
     shape = (1, -1) + (1,) * (x.ndim - 2)  # broadcast a per-channel vector against x
     if training:
@@ -137,9 +133,8 @@ def batch_norm_backward(grad_y, ctx):
             dbeta.astype(gamma.dtype, copy=False), None, None)
 
 
-def dropout_forward(x, mask, p=0.5):
+def dropout_forward(x, mask, p):
     """``y = x * mask / (1 - p)``; the 0/1 mask is drawn by the layer, so every backend sees the same one."""
-    check_dropout(x, mask, p)
     return (x * mask / (1.0 - p)).astype(x.dtype, copy=False), (mask, p)
 
 
@@ -147,15 +142,3 @@ def dropout_backward(grad_y, ctx):
     mask, p = ctx
     return (grad_y * mask / (1.0 - p)).astype(grad_y.dtype, copy=False), None
 
-
-OPS = {
-    "sigmoid": (sigmoid_forward, sigmoid_backward),
-    "tanh": (tanh_forward, tanh_backward),
-    "relu": (relu_forward, relu_backward),
-    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
-    "selu": (selu_forward, selu_backward),
-    "softmax": (softmax_forward, softmax_backward),
-    "log_softmax": (log_softmax_forward, log_softmax_backward),
-    "batch_norm": (batch_norm_forward, batch_norm_backward),
-    "dropout": (dropout_forward, dropout_backward),
-}

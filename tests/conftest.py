@@ -3,7 +3,7 @@ import pytest
 
 from nbclust.backend import BACKENDS, cuda_available, get_backend
 from nbclust.gradcheck import cast_inputs, run_op
-from nbclust.optable import OPS
+from nbclust.optable import FAMILIES, OPS
 
 AVAILABLE_BACKENDS = [b for b in BACKENDS if b != "cuda" or cuda_available()]
 
@@ -25,7 +25,10 @@ def rel_err(got, want) -> float:
 
 def assert_matches_reference(backend, name, dtype):
     """Forward outputs and all gradients of op ``name`` on ``backend`` (in ``dtype``) equal the
-    float64 reference within :data:`AGREEMENT`, on every case of the table; dtypes preserved."""
+    float64 reference within :data:`AGREEMENT`, on every case of the table; dtypes preserved.
+    Skipped where ``backend`` runs the reference's own code for the op (nothing to compare)."""
+    if name in backend.fallbacks:
+        pytest.skip(f"backend {backend.name!r} runs the reference for {name}")
     spec, ref = OPS[name], get_backend("reference")
     rng = np.random.default_rng(1)
     for case in spec.cases(rng):
@@ -46,3 +49,24 @@ def assert_matches_reference(backend, name, dtype):
             if want is not None:
                 assert got.dtype == dtype
                 assert rel_err(got, want) <= AGREEMENT[dtype], f"{name} [{case.label}] grad {spec.inputs[k]}"
+
+
+
+def assert_no_stray_implementations(package):
+    """Each ``<op>_forward`` / ``<op>_backward`` of a backend package is an op of the family of its
+    module: a misspelt or misplaced one would go unused, its op silently running the reference."""
+    for family in FAMILIES:
+        for name in vars(getattr(package, family)):
+            if not name.startswith("_") and name.endswith(("_forward", "_backward")):
+                op = name.rsplit("_", 1)[0]
+                assert op in OPS and OPS[op].family == family, f"{family}.{name} implements no op of family {family!r}"
+
+
+def assert_declared_backend(backend):
+    """``backend`` runs its own code for every op of the table but those its package declares in
+    ``RUNS_REFERENCE``, and has no stray implementations."""
+    declared = backend.package.RUNS_REFERENCE
+    assert backend.fallbacks == declared, (
+        f"{backend.name} runs the reference for {sorted(backend.fallbacks - declared)} without declaring it, "
+        f"or declares {sorted(declared - backend.fallbacks)}, which it implements")
+    assert_no_stray_implementations(backend.package)

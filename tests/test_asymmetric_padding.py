@@ -5,7 +5,6 @@ The op table's asymmetric cases (nbclust/optable/conv.py) are also run by the fi
 backend-agreement tests of tests/test_ops.py and the simulated CuPy backend of tests/test_gpu.py.
 """
 
-import types
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from hypothesis import strategies as st
 
 from nbclust import convshape, nn
 from nbclust.backend import Backend, get_backend
-from nbclust.gradcheck import run_op
 from nbclust.optable import OPS
 
 from conftest import AVAILABLE_BACKENDS, rel_err
@@ -83,15 +81,9 @@ def test_transposed_tf_same_is_keras_conv2d_transpose():
 
 def _simulated_cuda() -> Backend:
     """The CuPy backend's own code on NumPy arrays (its conv ops use no ElementwiseKernel)."""
-    from test_gpu import _import_gpu_with
+    from test_gpu import _import_gpu_with, _NumpyAsCupy, simulated_backend
 
-    class _NumpyAsCupy(types.ModuleType):
-        ElementwiseKernel = staticmethod(lambda *args, **kwargs: None)  # built at import, unused by conv
-
-        def __getattr__(self, name):
-            return getattr(np, name)
-
-    return Backend("cuda-simulated", np, _import_gpu_with(_NumpyAsCupy("cupy (numpy)")).OPS)
+    return simulated_backend(_import_gpu_with(_NumpyAsCupy(kernel=lambda *args, **kwargs: None)))
 
 
 ADJOINT_BACKENDS = AVAILABLE_BACKENDS + ["cuda-simulated"]
@@ -128,15 +120,15 @@ def test_conv_transpose_is_the_adjoint_of_conv(backend, x_shape, w_shape, stride
                                                                           w_shape[2:]))
     attrs_t = {"stride": stride, "padding": pads, "output_padding": q}
     cast = lambda a: b.asarray(a, dtype)
-    conv = b.to_numpy(b.op("conv2d").forward(cast(x), cast(w), None, stride=stride, padding=padding)[0])
-    convt, ctx_t = b.op("conv_transpose2d").forward(cast(y), cast(w), None, **attrs_t)
+    conv = b.to_numpy(OPS.conv2d(b, cast(x), cast(w), None, stride=stride, padding=padding)[0])
+    convt, ctx_t = OPS.conv_transpose2d(b, cast(y), cast(w), None, **attrs_t)
     convt = b.to_numpy(convt)
     assert conv.shape == y.shape and convt.shape == x.shape and convt.dtype == dtype
     lhs, rhs = np.vdot(conv.astype(np.float64), y), np.vdot(x, convt.astype(np.float64))
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert abs(lhs - rhs) <= tol * (np.abs(conv).sum() * np.abs(y).max())
     # the gradient of <conv_transpose2d(y), x> w.r.t. y is conv2d(x)
-    gy = b.to_numpy(b.op("conv_transpose2d").backward(cast(x), ctx_t)[0])
+    gy = b.to_numpy(ctx_t.backward(cast(x))[0])
     assert rel_err(gy, conv.astype(np.float64)) <= tol
 
 

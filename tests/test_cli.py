@@ -326,12 +326,6 @@ def test_real_methods_on_digits(method, tmp_path, capsys):
     assert np.load(tmp_path / "o" / "centers.npy").shape[0] == 10
 
 
-def test_dataset_names_match():
-    from nbclust.datasets import NAMES
-
-    assert fit.DATASETS == NAMES
-
-
 def test_real_method_rejects_tiny_images(tmp_path, capsys):
     pytest.importorskip("nbclust.methods.dcae")
     np.savez(tmp_path / "tiny.npz", x=np.zeros((20, 4, 4), np.uint8), y=np.arange(20) % 2)
@@ -359,9 +353,9 @@ def test_pca_with_fewer_images_than_components_says_so(tmp_path, capsys, monkeyp
     code, out, err = run(["--method", "kmeans", "--data", tmp_path / "d120.npz", "--features", "dsift-pca", "--quiet",
                           "--param", "n_init=1", "--out", tmp_path / "o"], capsys)
     assert code == 0, err
-    assert err == ("warning: --features dsift-pca: PCA to 120 dimensions, not 300: PCA keeps at most one per image "
-                   "(120 images) and per descriptor entry (512)\n")
-    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["feature_dim"] == 120 and "(120-d)" in out
+    assert err == ("warning: --features dsift-pca: PCA(300) of 120 images keeps 119 components: centred, 120 images "
+                   "span at most 119 dimensions\n")
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["feature_dim"] == 119 and "(119-d)" in out
 
 
 def test_real_method_resumes_with_a_changed_epoch_cap(tmp_path, capsys, monkeypatch):

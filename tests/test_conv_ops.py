@@ -204,7 +204,7 @@ VALIDATION = [
 @pytest.mark.parametrize("name,inputs,attrs,match", VALIDATION, ids=[f"{v[0]}-{v[3]}" for v in VALIDATION])
 def test_bad_arguments_raise(backend, name, inputs, attrs, match):
     with pytest.raises(ValueError, match=match):
-        get_backend(backend).op(name).forward(*inputs, **attrs)
+        OPS[name](get_backend(backend), *inputs, **attrs)
 
 
 def test_normalize_conv_args():

@@ -26,13 +26,13 @@ def _elementwise_rel(got, want):
 @pytest.mark.parametrize("name", ["sigmoid", "selu"])
 def test_float32_exp_paths_have_full_relative_precision(name):
     x = _grid(np.float32)
-    got = CPU.op(name).forward(x)[0]
-    want = REF.op(name).forward(x.astype(np.float64))[0]
+    got = OPS[name](CPU, x)[0]
+    want = OPS[name](REF, x.astype(np.float64))[0]
     assert got.dtype == np.float32
     assert _elementwise_rel(got, want).max() <= 4e-7  # about 3 ulp, everywhere (BCE takes log of sigmoid)
     tiny = np.isfinite(want) & (np.abs(want) < np.finfo(np.float32).tiny)
     assert np.abs(got[tiny].astype(np.float64) - want[tiny]).max(initial=0.0) <= 1.5e-45  # subnormals: 1 unit
-    ref32 = REF.op(name).forward(x)[0]
+    ref32 = OPS[name](REF, x)[0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref32))
     special = np.isin(x, [np.inf, -np.inf, 0.0])
     np.testing.assert_array_equal(got[special], ref32[special])
@@ -40,19 +40,19 @@ def test_float32_exp_paths_have_full_relative_precision(name):
 
 def test_float32_sigmoid_stays_positive_down_to_minus_103():
     x = np.linspace(-103.9, 0, 10_001, dtype=np.float32)
-    assert (CPU.op("sigmoid").forward(x)[0] > 0).all()
+    assert (OPS.sigmoid(CPU, x)[0] > 0).all()
 
 
 def test_float32_selu_is_accurate_near_zero():
     x = (np.random.default_rng(0).normal(size=100_000) * 1e-4).astype(np.float32)
-    got = CPU.op("selu").forward(x)[0]
-    assert _elementwise_rel(got, REF.op("selu").forward(x.astype(np.float64))[0]).max() <= 4e-7
+    got = OPS.selu(CPU, x)[0]
+    assert _elementwise_rel(got, OPS.selu(REF, x.astype(np.float64))[0]).max() <= 4e-7
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "selu"])
 def test_float64_exp_paths_match_numpy(name):
     x = _grid(np.float64)
-    got, want = CPU.op(name).forward(x)[0], REF.op(name).forward(x)[0]
+    got, want = OPS[name](CPU, x)[0], OPS[name](REF, x)[0]
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     assert _elementwise_rel(got, want).max() <= 1e-15
 
@@ -92,8 +92,8 @@ def test_max_pool2d_ties_and_nans_match_reference(shape, kernel, stride, dtype):
     rng = np.random.default_rng(3)
     x = _pool_input(shape, rng).astype(dtype)
     attrs = {"kernel": kernel, "stride": stride}
-    (y, idx), _ = CPU.op("max_pool2d").forward(x, **attrs)
-    (y_ref, idx_ref), _ = REF.op("max_pool2d").forward(x, **attrs)
+    (y, idx), _ = run_op(CPU, OPS.max_pool2d, (x,), attrs)
+    (y_ref, idx_ref), _ = run_op(REF, OPS.max_pool2d, (x,), attrs)
     assert y.dtype == dtype and idx.dtype == np.int64
     np.testing.assert_array_equal(y, y_ref)  # equal_nan by default
     np.testing.assert_array_equal(idx, idx_ref)
@@ -120,4 +120,4 @@ def test_max_unpool2d_rejects_indices_outside_the_plane(bad):
     idx = np.zeros(x.shape, np.int64)
     idx[1, 1, 1, 0] = bad
     with pytest.raises(ValueError, match=r"\[0, 30\)"):
-        CPU.op("max_unpool2d").forward(x, idx, output_size=(5, 6))
+        OPS.max_unpool2d(CPU, x, idx, output_size=(5, 6))

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 import pytest
 
-from nbclust.kernels.cpu.direct import _direct, _direct_w
+from nbclust.kernels.cpu.conv import _direct, _direct_w
 
 SHAPES = [  # (C, O, kh, kw, Ho, Wo, N)
     (1, 3, 9, 9, 4, 5, 7),

@@ -350,9 +350,3 @@ def test_as_estimator_input():
     flat = as_estimator_input(F, KMeansPixels(3))
     assert flat.shape == (7, 300)
     assert KMeansPixels(3, n_init=1, random_state=0).fit(flat).transform(flat).shape == (7, 300)
-
-
-def test_feature_names_match_cli():
-    from nbclust import fit
-
-    assert fit.FEATURES == ft.FEATURES

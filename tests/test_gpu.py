@@ -31,7 +31,7 @@ from nbclust.backend import Backend, cuda_available, get_backend
 from nbclust.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
 from nbclust.optable import OPS
 
-from conftest import assert_matches_reference, rel_err
+from conftest import assert_declared_backend, assert_matches_reference, rel_err
 
 needs_cuda = pytest.mark.skipif(not cuda_available(), reason="needs CuPy and an NVIDIA GPU")
 
@@ -89,30 +89,39 @@ class _HostKernel:
 
 
 class _NumpyAsCupy(types.ModuleType):
-    """NumPy under CuPy's name, plus the host ElementwiseKernel."""
+    """NumPy under CuPy's name, plus an ElementwiseKernel: the host one, or ``kernel`` (e.g. a
+    stand-in that builds nothing, for code that runs no elementwise kernel)."""
 
-    def __init__(self):
+    def __init__(self, kernel=None):
         super().__init__("cupy (simulated by numpy)")
-        self.ElementwiseKernel = _HostKernel
+        self.ElementwiseKernel = _HostKernel if kernel is None else kernel
 
     def __getattr__(self, name):
         return getattr(np, name)
 
 
+def simulated_backend(gpu_package) -> Backend:
+    """The backend of a simulated gpu package, falling back to the reference as "cuda" does."""
+    return Backend("cuda-simulated", np, gpu_package, get_backend("reference"))
+
+
 def _import_gpu_with(xp_module):
-    """Import a fresh copy of nbclust.kernels.gpu whose ``xp`` is ``xp_module``, leaving sys.modules as it was."""
+    """Import a fresh copy of nbclust.kernels.gpu with ``xp_module`` in the place of CuPy (its
+    runtime's ``xp``), leaving sys.modules as it was."""
     import nbclust.kernels as kernels_pkg
 
     prefix = "nbclust.kernels.gpu"
-    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == prefix or k.startswith(prefix + ".")}
+
+    def swapped(name):
+        return name in ("cupy", prefix) or name.startswith(prefix + ".")
+
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if swapped(k)}
     had_attr, old_attr = hasattr(kernels_pkg, "gpu"), getattr(kernels_pkg, "gpu", None)
-    fake = types.ModuleType(prefix + "._xp")
-    fake.xp = xp_module
-    sys.modules[prefix + "._xp"] = fake
+    sys.modules["cupy"] = xp_module
     try:
         return importlib.import_module(prefix)
     finally:
-        for k in [k for k in sys.modules if k == prefix or k.startswith(prefix + ".")]:
+        for k in [k for k in sys.modules if swapped(k)]:
             del sys.modules[k]
         sys.modules.update(saved)
         if had_attr:
@@ -122,8 +131,8 @@ def _import_gpu_with(xp_module):
 
 
 @pytest.fixture(scope="module")
-def _sim_ops(tmp_path_factory):
-    """The gpu backend's ``OPS`` imported with NumPy for CuPy (ElementwiseKernel bodies via g++)."""
+def _sim_package(tmp_path_factory):
+    """The gpu backend's package imported with NumPy for CuPy (ElementwiseKernel bodies via g++)."""
     if shutil.which("g++") is None:
         pytest.skip("the host simulation compiles the kernel bodies with g++")
     _HostKernel.registry = []
@@ -135,26 +144,27 @@ def _sim_ops(tmp_path_factory):
     handle = ctypes.CDLL(str(lib))
     for k in _HostKernel.registry:
         k.lib = handle
-    return gpu.OPS
+    return gpu
 
 
 @pytest.fixture
-def sim(_sim_ops, monkeypatch):
+def sim(_sim_package, monkeypatch):
     """The gpu backend's code running on NumPy arrays.
 
     The reference functions it shares take their array module from the inputs
-    (``nbclust.reference._xp.array_module``): a stand-in ``cupy`` in
+    (``nbclust.reference._runtime.array_module``): a stand-in ``cupy`` in
     ``sys.modules`` makes that the simulated CuPy rather than NumPy, so their
     device-side branches (a 0-d device ``grad_out``) run here too.
     """
     fake = _NumpyAsCupy()
     fake.get_array_module = lambda *arrays: fake
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    return Backend("cuda-simulated", np, _sim_ops)
+    return simulated_backend(_sim_package)
 
 
-def test_simulated_backend_implements_exactly_the_table(sim):
-    assert sim.op_names == set(OPS)
+def test_simulated_backend_declares_its_reference_fallbacks(sim):
+    """The cuda backend's own code for every op but those it declares (RUNS_REFERENCE)."""
+    assert_declared_backend(sim)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -173,29 +183,28 @@ def test_simulated_pool_ties_and_repeated_unpool_indices(sim):
     ref = get_backend("reference")
     x = np.round(np.random.default_rng(3).normal(size=(2, 3, 7, 6)))  # many ties
     for kernel, stride in (((3, 3), (1, 1)), ((2, 3), (2, 1)), ((3, 2), (3, 2))):
-        (ys, ids), ctx_s = sim.op("max_pool2d").forward(x, kernel=kernel, stride=stride)
-        (yr, idr), ctx_r = ref.op("max_pool2d").forward(x, kernel=kernel, stride=stride)
+        ys, ctx_s = OPS.max_pool2d(sim, x, kernel=kernel, stride=stride)
+        yr, ctx_r = OPS.max_pool2d(ref, x, kernel=kernel, stride=stride)
+        ids, idr = ctx_s.aux["indices"], ctx_r.aux["indices"]
         np.testing.assert_array_equal(ids, idr)
         np.testing.assert_array_equal(ys, yr)
         g = np.random.default_rng(4).normal(size=ys.shape)
-        np.testing.assert_allclose(sim.op("max_pool2d").backward(g, ctx_s)[0],
-                                   ref.op("max_pool2d").backward(g, ctx_r)[0], rtol=1e-13, atol=1e-13)
-        u_s, uctx_s = sim.op("max_unpool2d").forward(ys, ids, output_size=x.shape[2:])
-        u_r, uctx_r = ref.op("max_unpool2d").forward(yr, idr, output_size=x.shape[2:])
+        np.testing.assert_allclose(ctx_s.backward(g)[0], ctx_r.backward(g)[0], rtol=1e-13, atol=1e-13)
+        u_s, uctx_s = OPS.max_unpool2d(sim, ys, ids, output_size=x.shape[2:])
+        u_r, uctx_r = OPS.max_unpool2d(ref, yr, idr, output_size=x.shape[2:])
         np.testing.assert_array_equal(u_s, u_r)
         gu = np.random.default_rng(5).normal(size=u_s.shape)
-        np.testing.assert_array_equal(sim.op("max_unpool2d").backward(gu, uctx_s)[0],
-                                      ref.op("max_unpool2d").backward(gu, uctx_r)[0])
+        np.testing.assert_array_equal(uctx_s.backward(gu)[0], uctx_r.backward(gu)[0])
 
 
 def test_simulated_validation_errors(sim):
     x = np.zeros((2, 3, 5, 5))
     with pytest.raises(ValueError, match="channels"):
-        sim.op("conv2d").forward(x, np.zeros((4, 2, 3, 3)), None, stride=(1, 1), padding=(0, 0))
+        OPS.conv2d(sim, x, np.zeros((4, 2, 3, 3)), None, stride=(1, 1), padding=(0, 0))
     with pytest.raises(ValueError, match="indices must lie"):
-        sim.op("max_unpool2d").forward(x, np.full(x.shape, 99, dtype=np.int64), output_size=(5, 5))
+        OPS.max_unpool2d(sim, x, np.full(x.shape, 99, dtype=np.int64), output_size=(5, 5))
     with pytest.raises(ValueError, match="rank-deficient"):
-        sim.op("neg_logdet").forward(np.ones((3, 1, 2, 2)))
+        OPS.neg_logdet(sim, np.ones((3, 1, 2, 2)))
 
 
 # ------------------------------------------------------------------ NVRTC (CuPy installed, no GPU needed)
@@ -327,15 +336,15 @@ def test_cuda_conv_stack_is_bit_identical_at_scale():
     wt = cuda.asarray(rng.normal(size=(16, 6, 5, 5)).astype(np.float32))
 
     def run():
-        y, c1 = cuda.op("conv2d").forward(x, w, None, stride=(1, 1), padding=(2, 2))
-        (p, idx), c2 = cuda.op("max_pool2d").forward(y, kernel=(3, 3), stride=(2, 2))
-        u, c3 = cuda.op("max_unpool2d").forward(p, idx, output_size=y.shape[2:])
-        z, c4 = cuda.op("conv_transpose2d").forward(u, wt, None, stride=(1, 1), padding=(2, 2), output_padding=(0, 0))
+        y, c1 = OPS.conv2d(cuda, x, w, None, stride=(1, 1), padding=(2, 2))
+        p, c2 = OPS.max_pool2d(cuda, y, kernel=(3, 3), stride=(2, 2))
+        u, c3 = OPS.max_unpool2d(cuda, p, c2.aux["indices"], output_size=y.shape[2:])
+        z, c4 = OPS.conv_transpose2d(cuda, u, wt, None, stride=(1, 1), padding=(2, 2), output_padding=(0, 0))
         g = xp.ones_like(z)
-        g, gwt, _ = cuda.op("conv_transpose2d").backward(g, c4)
-        g, _ = cuda.op("max_unpool2d").backward(g, c3)
-        (g,) = cuda.op("max_pool2d").backward(g, c2)
-        gx, gw, _ = cuda.op("conv2d").backward(g, c1)
+        g, gwt, _ = c4.backward(g)
+        g, _ = c3.backward(g)
+        (g,) = c2.backward(g)
+        gx, gw, _ = c1.backward(g)
         return [cuda.to_numpy(a) for a in (z, gwt, gx, gw)]
 
     for a, b in zip(run(), run()):

@@ -8,6 +8,7 @@ from nbclust.methods.dbc import DBC, FCAEKMeans
 from nbclust.methods.dcae import DCAE
 from nbclust.methods.dcec import DCEC
 from nbclust.metrics import cluster_acc
+from nbclust.optable import OPS
 
 
 def toy_images(n_per=30, size=8, k=4, seed=0, noise=0.1):
@@ -184,7 +185,7 @@ def test_dcae_embedding_is_bounded_so_e2_cannot_grow_with_its_scale(activation):
     H = est.transform(X[:200])
     assert H.min() >= 0 and H.max() <= 1
     centres = H[:10]
-    e2, _ = est._loss("kmeans_compactness", H, centres, nearest(H, centres), lam=est.lam)
+    e2, _ = OPS.kmeans_compactness(est._backend, H, centres, nearest(H, centres), lam=est.lam)
     assert e2 <= est.lam * 10 / 2
 
 

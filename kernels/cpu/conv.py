@@ -1,4 +1,4 @@
-"""Numba conv kernels (see nbclust.optable for the calling convention).
+"""Numba conv kernels (see nbclust.optable: arguments arrive validated, in normal form).
 
 Convolutions are im2col + one GEMM, batch innermost: the input is transposed
 to (C, H, W, N), a Numba kernel lays the patches out as
@@ -14,9 +14,9 @@ so it is race-free and deterministic.
 
 Here ``w_mat`` is the weight as a (rows, C*kh*kw) matrix and ``g_mat``/``x_mat``
 are (C, H*W*N) matrices.  Stride-1 layers with few channels and large kernels
-take the direct kernels of :mod:`nbclust.kernels.cpu.direct` instead, and layers
-with a single-channel image side a per-sample variant (:func:`_path`).
-``linear`` is one BLAS call per product and ``reshape`` the reference's.
+take the direct kernels (below) instead, and layers with a single-channel
+image side a per-sample variant (:func:`_path`).  ``linear`` is one BLAS call
+per product.  Max pooling and unpooling are at the end.
 
 Padding may be asymmetric (``((top, bottom), (left, right))``, or ``"tf_same"``, see
 :mod:`nbclust.convshape`) on every path: the kernels index from the top/left padding, and
@@ -27,13 +27,10 @@ transposed output that is cropped (conv_transpose2d).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from nbclust import convshape
-from nbclust.kernels.cpu.direct import direct_adjoint, use_direct, _direct, _direct_w
-from nbclust.kernels.cpu.layout import batch_first, batch_last, contiguous, placed
-from nbclust.kernels.cpu.pointwise import run
-from nbclust.reference import conv as reference_conv
+from nbclust.kernels.cpu._runtime import batch_first, batch_last, contiguous, placed, run
 
 
 @njit(cache=True, parallel=True)
@@ -159,8 +156,8 @@ def _sample_sum(a, cols):
     return np.matmul(a, cols.transpose(0, 2, 1)).sum(axis=0)
 
 
-def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
-    (n, o, ho, wo), stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
+def conv2d_forward(x, w, b, stride, padding):
+    n, o, ho, wo = convshape.conv_output_shape(x, w, stride, padding)
     geometry = _geometry(stride, padding)
     x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
@@ -205,9 +202,8 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
     return grad_x, grad_w, grad_b
 
 
-def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
-    (n, cout, hout, wout), stride, padding, _ = convshape.conv_transpose_geometry(
-        x, w, b, stride, padding, output_padding)
+def conv_transpose2d_forward(x, w, b, stride, padding, output_padding):
+    n, cout, hout, wout = convshape.conv_transpose_output_shape(x, w, stride, padding, output_padding)
     geometry = _geometry(stride, padding)
     x = contiguous(x, x.dtype)
     w = contiguous(w, x.dtype)
@@ -256,7 +252,6 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
 
 
 def linear_forward(x, w, b):
-    convshape.check_linear_input(x, w, b)
     w = contiguous(w, x.dtype)
     y = np.matmul(x, w.T)
     if b is not None:
@@ -270,9 +265,271 @@ def linear_backward(grad_y, ctx, input_grad=True):
     return (np.matmul(g, w) if input_grad else None), np.matmul(g.T, x), (g.sum(axis=0) if has_bias else None)
 
 
-OPS = {
-    "conv2d": (conv2d_forward, conv2d_backward),
-    "conv_transpose2d": (conv_transpose2d_forward, conv_transpose2d_backward),
-    "linear": (linear_forward, linear_backward),
-    "reshape": reference_conv.OPS["reshape"],  # metadata only: the same on every backend
-}
+# ------------------------------------------------------------------ direct stride-1 kernels
+#
+# Direct stride-1 convolution kernels, batch last, for narrow layers with large kernels.
+#
+# DCTL's and DCAE's 9x9 filters, DCAE's 17x17 transposed filter and FCAE's
+# 1->6 and 6->1 5x5 layers have a few channel pairs per kernel tap: there the
+# im2col matrix is kh*kw times the image for a GEMM of a few rows, and these
+# kernels (no column matrix) are faster.  :func:`use_direct` decides per layer.
+#
+# Batch last, an image row ``xt[c, h]`` (W, N) is one contiguous vector and the
+# kernel column j shifts it by j*N: the output row ``yt[o, a]`` (Wo*N values)
+# is ``sum_{c,i,j} w[o,c,i,j] xt[c,a+i].flat[j*N:][:Wo*N]``, a sum of long
+# contiguous streams.  The inner loops run over (a block of) that whole row,
+# several taps per pass, so loop overhead, alias checks and accumulator traffic
+# are amortised over thousands of values (the former loops over N alone, per
+# output pixel, were dominated by them).  Their indices are unsigned: Numba's
+# negative-index wraparound otherwise keeps LLVM from vectorising them.
+
+BLOCK = 4096
+"""Output values (of one output row, Wo*N) per parallel task of :func:`_direct`."""
+
+
+def _tap_offsets(shape, kh, kw, count):
+    """Offsets into ``xt.reshape(-1)``, xt of ``shape`` (C, Hp, Wp, N), of the taps (c, i, j),
+    row-major, for output row 0, ``count`` >= C*kh*kw of them (the extra ones repeat the last
+    tap): tap k of output row a reads ``xt.flat[a*Wp*N + off[k]:]``, whose value m = b*N + n
+    is xt[c, a+i, b+j, n]."""
+    k = np.minimum(np.arange(count), shape[0] * kh * kw - 1)
+    return ((k // (kh * kw) * shape[1] + k // kw % kh) * shape[2] + k % kw) * shape[3]
+
+
+def _direct(xt, w, b, yt):
+    """yt[o,a,b,:] = b[o] + sum_{c,i,j} w[o,c,i,j] xt[c,a+i,b+j,:], stride 1, batch innermost.
+
+    ``xt`` is the padded input (C, Hp, Wp, N), ``yt`` (O, Ho, Wo, N) is overwritten
+    (both C-contiguous); ``b`` is the bias or None.  The taps (c, i, j) go in
+    row-major order four at a time (one load and store of the output per four
+    multiply-adds), the last group completed with zero weights on a zero row.
+    """
+    n_out, taps = w.shape[0], w[0].size
+    wk = np.zeros((n_out, -(-taps // 4) * 4), dtype=yt.dtype)
+    wk[:, :taps] = w.reshape(n_out, taps)
+    start = np.zeros(n_out, yt.dtype) if b is None else b.astype(yt.dtype)
+    off = _tap_offsets(xt.shape, w.shape[2], w.shape[3], wk.shape[1])
+    _tap_rows(xt.reshape(-1), off, wk, start, taps, xt.shape[2] * xt.shape[3], yt)
+
+
+@njit(cache=True, parallel=True, fastmath={"contract"})
+def _tap_rows(x, off, wk, start, taps, row, yt):
+    """yt[o, a].flat[m] = start[o] + sum_k wk[o, k] x[a*row + off[k] + m], taps k < ``taps`` in
+    order, four per pass.  Parallel over (o, output row a, block of ``BLOCK`` values of the row):
+    every output value is summed in the same order whatever the thread count; the start value
+    is written block by block, while the block is in cache (no separate pass to zero ``yt``)."""
+    n_out, ho_size = yt.shape[0], yt.shape[1]
+    size = yt.shape[2] * yt.shape[3]
+    blocks = (size + BLOCK - 1) // BLOCK
+    zero = np.zeros(size, yt.dtype)
+    for t in prange(n_out * ho_size * blocks):
+        o, a, m0 = t // (ho_size * blocks), (t // blocks) % ho_size, (t % blocks) * BLOCK
+        m1 = min(m0 + BLOCK, size)
+        y, base = yt[o, a].reshape(size), a * row
+        y[m0:m1] = start[o]
+        for k in range(0, taps, 4):
+            s0 = x[base + off[k]:]
+            s1 = x[base + off[k + 1]:] if k + 1 < taps else zero
+            s2 = x[base + off[k + 2]:] if k + 2 < taps else zero
+            s3 = x[base + off[k + 3]:] if k + 3 < taps else zero
+            w0, w1, w2, w3 = wk[o, k], wk[o, k + 1], wk[o, k + 2], wk[o, k + 3]
+            for m in range(uint64(m0), uint64(m1)):
+                y[m] = y[m] + w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
+
+
+def _direct_w(xt, gt, gw):
+    """gw[o,c,i,j] = sum_{a,b,n} gt[o,a,b,n] xt[c,a+i,b+j,n], stride 1, batch innermost
+    (``xt`` and ``gt`` C-contiguous), eight taps (c, i, j) at a time: see :func:`_tap_dots`."""
+    n_out, taps = gw.shape[0], gw[0].size
+    out = np.empty((n_out, -(-taps // 8) * 8), dtype=gw.dtype)
+    off = _tap_offsets(xt.shape, gw.shape[2], gw.shape[3], out.shape[1])
+    _tap_dots(xt.reshape(-1), off, xt.shape[2] * xt.shape[3], gt, out)
+    gw[...] = out[:, :taps].reshape(gw.shape)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def _tap_dots(x, off, row, gt, out):
+    """out[o, k] = sum_a dot(gt[o, a].flat, x[a*row + off[k]:][:Wo*N]).
+
+    Per output row a, the dot products of the Wo*N contiguous values of
+    ``gt[o, a]`` with eight taps' shifted input rows at once (each loaded
+    gradient value feeds eight sums), in the working precision, the rows
+    summed in float64 in a fixed order.  Parallel over (o, group of 8 taps).
+    """
+    n_out, ho_size = gt.shape[0], gt.shape[1]
+    size, groups = gt.shape[2] * gt.shape[3], out.shape[1] // 8
+    for t in prange(n_out * groups):
+        o, k = t // groups, (t % groups) * 8
+        t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = 0.0
+        for a in range(ho_size):
+            g, base = gt[o, a].reshape(size), a * row
+            s0, s1, s2, s3 = x[base + off[k]:], x[base + off[k + 1]:], x[base + off[k + 2]:], x[base + off[k + 3]:]
+            s4, s5, s6, s7 = x[base + off[k + 4]:], x[base + off[k + 5]:], x[base + off[k + 6]:], x[base + off[k + 7]:]
+            d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = g[0] * np.float32(0)  # float32 sums stay float32
+            for m in range(size):
+                v = g[m]
+                d0 += v * s0[m]
+                d1 += v * s1[m]
+                d2 += v * s2[m]
+                d3 += v * s3[m]
+                d4 += v * s4[m]
+                d5 += v * s5[m]
+                d6 += v * s6[m]
+                d7 += v * s7[m]
+            t0, t1, t2, t3, t4, t5, t6, t7 = t0 + d0, t1 + d1, t2 + d2, t3 + d3, t4 + d4, t5 + d5, t6 + d6, t7 + d7
+        out[o, k], out[o, k + 1], out[o, k + 2], out[o, k + 3] = t0, t1, t2, t3
+        out[o, k + 4], out[o, k + 5], out[o, k + 6], out[o, k + 7] = t4, t5, t6, t7
+
+
+def use_direct(c_in, c_out, kernel, stride) -> bool:
+    """Direct kernels for stride-1 layers with few channel pairs per kernel tap (DCTL's 9x9
+    filters, DCAE's 9x9 convolutions and 17x17 transposed one, FCAE's 1->6 and 6->1 5x5), where
+    the column matrix is kh*kw times the image for a GEMM of a few rows; batch-last im2col + one
+    GEMM for everything else.  The threshold was measured per layer (benchmarks/)."""
+    return tuple(stride) == (1, 1) and 5 * c_in * c_out <= 2 * kernel[0] * kernel[1]
+
+
+def _flipped(w):
+    """(A, B, kh, kw) -> (B, A, kh, kw) rotated by 180 degrees: the kernel of the adjoint correlation."""
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+def direct_adjoint(gt, w, padding, hw, b=None):
+    """out[c,h,v] = b[c] + sum_{o,i,j} w[o,c,i,j] gt[o,h+ph-i,v+pw-j] (the adjoint of a stride-1
+    correlation in its input, plus a bias or None), as a correlation of gt, placed at
+    (kh-1-ph, kw-1-pw), with the flipped kernel.  Batch last: returns (C, H, W, N).
+
+    ``padding`` is ``(ph, pw)``, the *top and left* padding of the correlation (the crop of a
+    transposed one): the bottom and right padding need not be known, as ``hw`` fixes the output
+    and :func:`placed` drops whatever of ``gt`` falls outside; so asymmetric paddings work as they are."""
+    (kh, kw), (ph, pw) = w.shape[2:], padding
+    gpad = placed(gt, kh - 1 - ph, kw - 1 - pw, (hw[0] + kh - 1, hw[1] + kw - 1))
+    out = np.empty((w.shape[1], *hw, gt.shape[3]), dtype=gt.dtype)
+    run(_direct, out.size * w[:, 0].size, gpad, _flipped(w), b, out)
+    return out
+
+
+# ------------------------------------------------------------------ max pooling and unpooling
+#
+# Numba max pooling with indices and max unpooling.
+#
+# One parallel kernel (:func:`_planes`) for the four passes (cold compile time
+# counts), parallel over the (n, c) planes: (P, H, W) arrays for pooling, (P, 1,
+# size) for the index moves, so that all share one type signature per dtype.
+# One thread owns a plane, so the scatters (pooling's backward, unpooling's
+# forward) are race-free and deterministic.
+
+POOL, SCATTER_ADD, SCATTER, GATHER = range(4)
+
+
+@njit(cache=True)
+def _take_if_greater(v, at, best, arg):
+    """(v, at) if v beats ``best`` (greater, or NaN over a number), else (best, arg); as selects.
+
+    ``v`` beats a number unless ``v <= best``, and nothing beats NaN: this form compiles to selects,
+    ``(v > best) | (v != v) & (best == best)`` to branches (3x slower on random data).
+    """
+    better = (best == best) & (not (v <= best))
+    return (v if better else best), (at if better else arg)
+
+
+@njit(cache=True)
+def _max_pool_plane(xp, kh, kw, sh, sw, yp, ip):
+    """Window maxima of the (H, W) plane ``xp`` and their flat plane indices; the first maximum
+    (row-major) wins, NaN counts as maximal.
+
+    Branch-free: each candidate replaces the running maximum through selects (data-dependent
+    branches mispredict half the time on real data); the common 2 x 2 stride-2 window is unrolled.
+    """
+    wd = xp.shape[1]
+    ho_size, wo_size = yp.shape
+    for ho in range(ho_size):
+        r0 = ho * sh
+        if kh == 2 and kw == 2 and sh == 2 and sw == 2:
+            top, bottom = xp[r0], xp[r0 + 1]
+            for wo in range(wo_size):
+                c0 = 2 * wo
+                at = r0 * wd + c0
+                best, arg = _take_if_greater(top[c0 + 1], at + 1, top[c0], at)
+                best, arg = _take_if_greater(bottom[c0], at + wd, best, arg)
+                best, arg = _take_if_greater(bottom[c0 + 1], at + wd + 1, best, arg)
+                yp[ho, wo] = best
+                ip[ho, wo] = arg
+        else:
+            for wo in range(wo_size):
+                c0 = wo * sw
+                best, arg = xp[r0, c0], r0 * wd + c0
+                for i in range(kh):
+                    for j in range(kw):
+                        best, arg = _take_if_greater(xp[r0 + i, c0 + j], (r0 + i) * wd + c0 + j, best, arg)
+                yp[ho, wo] = best
+                ip[ho, wo] = arg
+
+
+@njit(cache=True)
+def _move_plane(mode, src, ip, dst):
+    """SCATTER_ADD (pooling's backward): dst = 0, then dst[ip[k]] += src[k]; SCATTER (unpooling):
+    dst = 0, then dst[ip[k]] = src[k] (the last write wins); GATHER (unpooling's backward):
+    dst[k] = src[ip[k]].  The op table has checked the indices; a scattered index outside
+    [0, dst.size) is still never written (memory safety)."""
+    if mode == GATHER:
+        for k in range(dst.size):
+            dst[k] = src[ip[k]]
+        return
+    dst[:] = 0
+    for k in range(src.size):
+        j = ip[k]
+        if 0 <= j < dst.size:
+            dst[j] = dst[j] + src[k] if mode == SCATTER_ADD else src[k]
+
+
+@njit(cache=True, parallel=True)
+def _planes(mode, a, indices, b, geometry):
+    """Per plane p of the 3-D ``a``, ``indices``, ``b``: POOL: b[p], indices[p] = the maxima
+    and arg-maxima of a[p] (:func:`_max_pool_plane`, ``geometry`` = (kh, kw, sh, sw)); else
+    :func:`_move_plane` from a[p, 0] to b[p, 0] (planes as (P, 1, size) arrays)."""
+    kh, kw, sh, sw = geometry
+    for p in prange(a.shape[0]):
+        if mode == POOL:
+            _max_pool_plane(a[p], kh, kw, sh, sw, b[p], indices[p])
+        else:
+            _move_plane(mode, a[p, 0], indices[p, 0], b[p, 0])
+
+
+_NO_GEOMETRY = (0,) * 4
+
+
+def max_pool2d_forward(x, kernel, stride):
+    n, c, ho, wo = convshape.pool_output_shape(x, kernel, stride)
+    x = contiguous(x, x.dtype)
+    y = np.empty((n * c, ho, wo), dtype=x.dtype)
+    indices = np.empty((n * c, ho, wo), dtype=np.int64)
+    run(_planes, x.size, POOL, x.reshape(n * c, *x.shape[2:]), indices, y, (*kernel, *stride))
+    indices = indices.reshape(n, c, ho, wo)
+    return (y.reshape(n, c, ho, wo), indices), (indices, x.shape)
+
+
+def max_pool2d_backward(grad_y, ctx):
+    indices, x_shape = ctx
+    n, c, h, w = x_shape
+    g = contiguous(grad_y, grad_y.dtype).reshape(n * c, 1, -1)
+    grad_x = np.empty((n * c, 1, h * w), dtype=g.dtype)
+    run(_planes, grad_x.size, SCATTER_ADD, g, indices.reshape(n * c, 1, -1), grad_x, _NO_GEOMETRY)
+    return (grad_x.reshape(x_shape),)
+
+
+def max_unpool2d_forward(x, indices, output_size):
+    (n, c), (h, w) = x.shape[:2], output_size
+    xs = contiguous(x, x.dtype).reshape(n * c, 1, -1)
+    flat = contiguous(indices, np.int64).reshape(n * c, 1, -1)
+    y = np.empty((n * c, 1, h * w), dtype=x.dtype)
+    run(_planes, y.size, SCATTER, xs, flat, y, _NO_GEOMETRY)
+    return y.reshape(n, c, h, w), (flat, x.shape)
+
+
+def max_unpool2d_backward(grad_y, ctx):
+    flat, x_shape = ctx
+    g = contiguous(grad_y, grad_y.dtype).reshape(flat.shape[0], 1, -1)
+    grad_x = np.empty(flat.shape, dtype=g.dtype)
+    run(_planes, g.size, GATHER, g, flat, grad_x, _NO_GEOMETRY)
+    return grad_x.reshape(x_shape), None

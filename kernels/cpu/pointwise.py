@@ -15,7 +15,7 @@ float32 the kernels use :func:`_exp_f32` instead, a branch-free polynomial
 that the compiler vectorises (about 1 ulp); float64 keeps libm (NumPy's
 results within 1e-12).
 
-Small problems run on one thread (:func:`run`): waking a thread pool costs
+Small problems run on one thread (:func:`._runtime.run`): waking a thread pool costs
 microseconds on an idle machine and milliseconds on a busy one, more than the
 work itself.  The activations call their serial chunk kernel directly instead
 (no thread-count switch, no parallel launch: 4 us instead of 10 us on small
@@ -28,40 +28,16 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-from nbclust.optable.pointwise import (
-    SELU_ALPHA, SELU_SCALE, check_batch_norm, check_dropout, check_softmax,
-)
+from nbclust.kernels.cpu._runtime import SERIAL_BELOW, run
+from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
 
 SIGMOID, TANH, RELU, LEAKY_RELU, SELU = range(5)
-
-SERIAL_BELOW = 1 << 18
-"""Work (elements, or multiply-adds for the conv kernels) below which a parallel kernel runs on one thread."""
-
-
-def run(kernel, work: int, *args):
-    """``kernel(*args)``, on one thread when ``work < SERIAL_BELOW``."""
-    if work >= SERIAL_BELOW:
-        return kernel(*args)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
-
-
-def _real(a, name: str) -> np.ndarray:
-    a = np.ascontiguousarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name} expects float32 or float64 input, got {a.dtype}")
-    return a
 
 
 # --- vectorisable float32 exp ------------------------------------------------
@@ -214,9 +190,9 @@ def _activation(kind, grad, g, x, y, slope, out):
             _activation_chunk(kind, x[lo:hi], slope, out[lo:hi])
 
 
-def _activation_op(kind: int, name: str):
-    def forward(x, slope=0.01):
-        x = _real(x, name)
+def _activation_op(kind: int):
+    def forward(x, slope=0.0):  # slope: leaky_relu's attribute (the other activations have none)
+        x = np.ascontiguousarray(x)
         y = np.empty_like(x)
         if kind == TANH:
             np.tanh(x, out=y)
@@ -242,10 +218,11 @@ def _activation_op(kind: int, name: str):
     return forward, backward
 
 
-def _no_slope(op):
-    """The op without the ``slope`` attr, which only leaky_relu has."""
-    forward, backward = op
-    return (lambda x: forward(x)), backward
+sigmoid_forward, sigmoid_backward = _activation_op(SIGMOID)
+tanh_forward, tanh_backward = _activation_op(TANH)
+relu_forward, relu_backward = _activation_op(RELU)
+leaky_relu_forward, leaky_relu_backward = _activation_op(LEAKY_RELU)
+selu_forward, selu_backward = _activation_op(SELU)
 
 
 @njit(cache=True)
@@ -281,10 +258,9 @@ def _softmax_grad(g, y, log, out):
                 out[i, j] = y[i, j] * (g[i, j] - s)
 
 
-def _softmax_op(log: bool, name: str):
+def _softmax_op(log: bool):
     def forward(x):
-        x = _real(x, name)
-        check_softmax(x, name)
+        x = np.ascontiguousarray(x)
         y = np.empty_like(x)
         _softmax(x, log, y)
         return y, y
@@ -295,6 +271,10 @@ def _softmax_op(log: bool, name: str):
         return (out,)
 
     return forward, backward
+
+
+softmax_forward, softmax_backward = _softmax_op(False)
+log_softmax_forward, log_softmax_backward = _softmax_op(True)
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
@@ -363,10 +343,10 @@ def _as_ncl(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def batch_norm_forward(x, gamma, beta, running_mean, running_var, training=False, momentum=0.1, eps=1e-5):
-    x = _real(x, "batch_norm")
-    n = check_batch_norm(x, gamma, beta, running_mean, running_var, training, eps)
+def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    x = np.ascontiguousarray(x)
     c = x.shape[1]
+    n = x.size // c  # values per channel
     if training:
         mean, var = np.empty(c), np.empty(c)
     else:
@@ -398,9 +378,8 @@ def _masked_scale(a, mask, scale, out):
         out[i] = a[i] * mask[i] * scale
 
 
-def dropout_forward(x, mask, p=0.5):
-    x = _real(x, "dropout")
-    check_dropout(x, mask, p)
+def dropout_forward(x, mask, p):
+    x = np.ascontiguousarray(x)
     mask = np.ascontiguousarray(mask)
     scale = 1.0 / (1.0 - p)
     y = np.empty_like(x)
@@ -415,15 +394,3 @@ def dropout_backward(grad_y, ctx):
     run(_masked_scale, g.size, g.reshape(-1), mask.reshape(-1), scale, out.reshape(-1))
     return out, None
 
-
-OPS = {
-    "sigmoid": _no_slope(_activation_op(SIGMOID, "sigmoid")),
-    "tanh": _no_slope(_activation_op(TANH, "tanh")),
-    "relu": _no_slope(_activation_op(RELU, "relu")),
-    "leaky_relu": _activation_op(LEAKY_RELU, "leaky_relu"),
-    "selu": _no_slope(_activation_op(SELU, "selu")),
-    "softmax": _softmax_op(False, "softmax"),
-    "log_softmax": _softmax_op(True, "log_softmax"),
-    "batch_norm": (batch_norm_forward, batch_norm_backward),
-    "dropout": (dropout_forward, dropout_backward),
-}

@@ -1,14 +1,14 @@
 """CuPy convolution-family ops: im2col gathers + one cuBLAS matmul each.
 
 ``cols[n, (c,i,j), (ho,wo)] = xpad[n, c, ho*sh + i, wo*sw + j]`` is a gather
-through a cached index table (:mod:`._tables`); its adjoint ``col2im`` is a
+through a cached index table (:mod:`._runtime`); its adjoint ``col2im`` is a
 gather too (each input pixel sums the patch elements that read it, in a fixed
 order), so every op here is deterministic: no atomics, no scatter-add.
 ``conv_transpose2d`` is the adjoint of ``conv2d`` in its input and reuses the
 same tables.  Padding is ``((top, bottom), (left, right))`` inside (any form of
 :mod:`nbclust.convshape` outside, ``"tf_same"`` included); the tables index the
-asymmetrically padded plane.  Shapes are validated by :mod:`nbclust.convshape`, as on every backend;
-``linear`` and ``reshape`` are the reference's own (array-module free) functions.
+asymmetrically padded plane.  Arguments arrive validated (by the op table, for every backend);
+``linear`` and ``reshape`` run the reference's own (array-module free) functions.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from nbclust import convshape
-from nbclust.kernels.gpu._tables import conv_tables, pool_tables
-from nbclust.kernels.gpu._xp import xp
-from nbclust.reference import conv as _ref
+from nbclust.kernels.gpu._runtime import conv_tables, pool_tables, xp
 
 
 class _Geometry(NamedTuple):
-    im2col: object  # (C*kh*kw, Ho*Wo) device index table, see _tables.conv_tables
+    im2col: object  # (C*kh*kw, Ho*Wo) device index table, see _runtime.conv_tables
     col2im: object  # (C*H*W, M)
     padding: tuple  # ((top, bottom), (left, right))
 
@@ -46,8 +44,8 @@ def _col2im(cols, geo: _Geometry):
     return ext[:, geo.col2im].sum(axis=-1)
 
 
-def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
-    (n, o, ho, wo), stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
+def conv2d_forward(x, w, b, stride, padding):
+    n, o, ho, wo = convshape.conv_output_shape(x, w, stride, padding)
     geo = _geometry(x.shape[1], x.shape[2:], w.shape[2:], stride, padding)
     cols = _im2col(x, geo)
     y = xp.matmul(w.reshape(o, -1), cols).reshape(n, o, ho, wo)
@@ -68,10 +66,9 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
     return grad_x, grad_w, grad_b
 
 
-def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
+def conv_transpose2d_forward(x, w, b, stride, padding, output_padding):
     """``col2im(w.reshape(Cin, -1).T @ x)``: the input gradient of a conv2d from ``(Cout, Ho, Wo)`` to ``(Cin, H, W)``."""
-    (n, cout, hout, wout), stride, padding, _ = convshape.conv_transpose_geometry(
-        x, w, b, stride, padding, output_padding)
+    n, cout, hout, wout = convshape.conv_transpose_output_shape(x, w, stride, padding, output_padding)
     cin = x.shape[1]
     geo = _geometry(cout, (hout, wout), w.shape[2:], stride, padding)
     cols = xp.matmul(w.reshape(cin, -1).T, xp.ascontiguousarray(x).reshape(n, cin, -1))
@@ -93,9 +90,9 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
     return grad_x, grad_w, grad_b
 
 
-def max_pool2d_forward(x, kernel=(2, 2), stride=(2, 2)):
+def max_pool2d_forward(x, kernel, stride):
     """Window maxima and their flat plane indices (torch layout; the first maximum wins)."""
-    (n, c, ho, wo), (kh, kw), (sh, sw) = _ref.pool_geometry(x, kernel, stride)
+    (n, c, ho, wo), (kh, kw), (sh, sw) = convshape.pool_output_shape(x, kernel, stride), kernel, stride
     h, w = x.shape[2:]
     windows, cover, _ = pool_tables(h, w, kh, kw, sh, sw)
     vals = xp.ascontiguousarray(x).reshape(n * c, h * w)[:, windows]  # (NC, P, kh*kw)
@@ -116,15 +113,14 @@ def max_pool2d_backward(grad_y, ctx):
     return (grad_x.reshape(n, c, h, w),)
 
 
-def max_unpool2d_forward(x, indices, output_size=(1, 1)):
+def max_unpool2d_forward(x, indices, output_size):
     """``y.plane[indices] = x`` (zeros elsewhere); where indices repeat, the last window wins, as in NumPy.
 
     Deterministic without atomics: the keys ``target * L + window`` are unique,
     so after sorting them the last entry of each run of equal targets is the
     winning window, and the final write has distinct indices.
     """
-    n, c, h, w = convshape.check_unpool_input(x, indices, output_size)
-    _ref.check_unpool_range(indices, h * w)
+    (n, c), (h, w) = x.shape[:2], output_size
     nc, p = n * c, x.shape[2] * x.shape[3]
     idx = indices.reshape(nc, p).astype(xp.int64)
     flat = (idx + xp.arange(nc, dtype=xp.int64)[:, None] * (h * w)).ravel()
@@ -141,12 +137,3 @@ def max_unpool2d_backward(grad_y, ctx):
     g = xp.ascontiguousarray(grad_y).reshape(idx.shape[0], -1)
     return xp.take_along_axis(g, idx, axis=1).reshape(x_shape), None
 
-
-OPS = {
-    "conv2d": (conv2d_forward, conv2d_backward),
-    "conv_transpose2d": (conv_transpose2d_forward, conv_transpose2d_backward),
-    "max_pool2d": (max_pool2d_forward, max_pool2d_backward),
-    "max_unpool2d": (max_unpool2d_forward, max_unpool2d_backward),
-    "linear": (_ref.linear_forward, _ref.linear_backward),
-    "reshape": (_ref.reshape_forward, _ref.reshape_backward),
-}

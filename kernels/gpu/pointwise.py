@@ -9,9 +9,8 @@ batch norm and dropout are the array-module generic functions of
 
 from __future__ import annotations
 
-from nbclust.kernels.gpu._xp import xp
+from nbclust.kernels.gpu._runtime import xp
 from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
-from nbclust.reference import pointwise as _ref
 
 
 def _kernel(name: str, params: str, expr: str):
@@ -61,7 +60,7 @@ def relu_backward(grad_y, x):
     return (_K["relu_grad"](grad_y, x),)
 
 
-def leaky_relu_forward(x, slope=0.01):
+def leaky_relu_forward(x, slope):
     return _K["leaky_relu"](x, x.dtype.type(slope)), (x, slope)
 
 
@@ -77,12 +76,3 @@ def selu_forward(x):
 def selu_backward(grad_y, x):
     return (_K["selu_grad"](grad_y, x),)
 
-
-OPS = {
-    **_ref.OPS,  # softmax, log_softmax, batch_norm, dropout; the activations below are kernels
-    "sigmoid": (sigmoid_forward, sigmoid_backward),
-    "tanh": (tanh_forward, tanh_backward),
-    "relu": (relu_forward, relu_backward),
-    "leaky_relu": (leaky_relu_forward, leaky_relu_backward),
-    "selu": (selu_forward, selu_backward),
-}

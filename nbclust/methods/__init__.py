@@ -1,28 +1,19 @@
 """The clustering methods and their one registry (imported lazily: ``from nbclust.methods import DCAE``).
 
 ``METHODS`` maps each ``--method`` name of ``python -m nbclust.fit`` to ``(module, class)``;
-the package (``nbclust.DCAE`` ...), the command line and the experiments runner
-(``python -m nbclust.experiments``) all read it.  Adding a method is its module plus one
-line here.  ``ESTIMATORS`` (class name -> module) are the deep estimators among them, the
-:class:`~nbclust.methods.base.DeepClusterer` subclasses of this package; the others are
-baselines (:mod:`nbclust.baseline`).  ``available()`` returns the estimator classes whose
-module is present.
+it lives in :mod:`nbclust.registry` (import-light); the package (``nbclust.DCAE`` ...), the
+command line and the experiments runner (``python -m nbclust.experiments``) all read it.  Adding
+a method is its module plus one line there.  ``ESTIMATORS`` (class name -> module) are the
+deep estimators among them, the :class:`~nbclust.methods.base.DeepClusterer` subclasses of
+this package; the others are baselines (:mod:`nbclust.baseline`).  ``available()`` returns the
+estimator classes whose module is present.
 """
 
 from __future__ import annotations
 
 import importlib
 
-METHODS = {
-    "dcae": ("nbclust.methods.dcae", "DCAE"),
-    "dbc": ("nbclust.methods.dbc", "DBC"),
-    "fcae-kmeans": ("nbclust.methods.dbc", "FCAEKMeans"),
-    "dctl": ("nbclust.methods.dctl", "DCTL"),
-    "depict": ("nbclust.methods.depict", "DEPICT"),
-    "dcec": ("nbclust.methods.dcec", "DCEC"),
-    "kmeans": ("nbclust.baseline", "KMeansPixels"),
-    "acpic": ("nbclust.baseline", "ACPICPixels"),
-}
+from nbclust.registry import METHODS
 
 ESTIMATORS = {cls: module for module, cls in METHODS.values() if module.startswith(__name__ + ".")}
 

@@ -32,8 +32,8 @@ Helpers: ``self._rng`` (the single numpy Generator of the fit), ``self._seed()``
 ``self._backend``, ``self._dtype``, ``self.modules_``, ``self.optimizers_``,
 ``self._embed_all(X)`` (embedding of the whole backend array, numpy),
 ``self._batches(n)`` (shuffled index batches from ``self._rng``),
-``self._kmeans(Z, n_init)`` (sklearn KMeans seeded from ``self._rng``),
-``self._loss(name, *inputs, **attrs)`` (value and input gradients of a loss op).
+``self._kmeans(Z, n_init)`` (sklearn KMeans seeded from ``self._rng``).  Ops and losses are
+called through the op table: ``loss, ctx = OPS.mse(self._backend, pred, x)``, ``ctx.backward()``.
 
 Mini-batches are drawn per epoch by ``self._rng.permutation``; the Generator's
 state is part of the training state, so a resumed fit replays the same batches.
@@ -160,10 +160,6 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
     def _kmeans(self, Z: np.ndarray, n_init: int = 20, init="k-means++"):
         """sklearn KMeans on ``Z`` seeded from the Generator, single-threaded (:func:`clustering.kmeans`)."""
         return clustering.kmeans(Z, self.n_clusters, self._seed(), n_init=n_init, init=init)
-
-    def _loss(self, name: str, *inputs, **attrs):
-        """``(value, grads)`` of the loss op ``name``: its float value and d value / d input."""
-        return self._backend.loss(name, *inputs, **attrs)
 
     def _set_mode(self, training: bool):
         for m in self.modules_.values():

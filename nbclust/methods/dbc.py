@@ -49,6 +49,7 @@ from nbclust.methods.base import AutoencoderMixin, DeepClusterer, LearnedCentres
 from nbclust.methods.clustering import target
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import KMeansInit, Phase, ReconstructionPretraining
+from nbclust.optable import OPS
 
 FCAE_PARAMS = COMMON_PARAMS + Params(
     Param("pretrain_epochs", int, 50, "stage I epochs: the FCAE's reconstruction training (Algorithm 1 line 1)",
@@ -94,10 +95,11 @@ class BoostedSelfTraining(Phase):
         b, enc = est._backend, est.modules_["encoder"]
         z = enc(X[b.asarray(idx)])  # line 10
         r = b.asarray(est.target_[idx], est._dtype)
-        loss, (g_z, g_mu, _) = est._loss("dbc_kl", z, est._mu.data, r, v=1.0)  # eqs 3-5
+        loss, ctx = OPS.dbc_kl(b, z, est._mu.data, r, v=1.0)  # eq 3
+        g_z, g_mu, _ = ctx.backward()  # eqs 4-5
         enc.backward(g_z, input_grad=False)  # line 11
         est._mu.grad += g_mu
-        return {"kl": loss / len(idx)}
+        return {"kl": float(loss) / len(idx)}
 
     def end_epoch(self, est, X):
         est._centres_from_mu()

@@ -90,6 +90,7 @@ from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 from nbclust.methods.clustering import nearest, update_centers
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
+from nbclust.optable import OPS
 
 DCAE_PARAMS = COMMON_PARAMS + Params(
     Param("epochs", int, 50, "training epochs", ge=0, paper=500),
@@ -138,12 +139,13 @@ class EmbeddedKMeans(Phase):
         h = enc(x)
         logits = dec(h)  # x^ = sigmoid(logits), fused into the loss
         n_pixels = int(np.prod(x.shape[1:]))
-        e1, (g_logits, _) = est._loss("bce_with_logits", logits, x)  # eq 3 (mean), times pixels: sum over p
+        e1, e1_ctx = OPS.bce_with_logits(b, logits, x)  # eq 3 (mean), times pixels: sum over p
         c = b.asarray(est.cluster_centers_, est._dtype)
         c_star = nearest(h, c)  # c*_n (eq 6 with c^{t-1})
-        e2, (g_h, _, _) = est._loss("kmeans_compactness", h, c, c_star, lam=est.lam)  # eq 4
-        g_h = g_h + dec.backward(g_logits * n_pixels)
+        e2, e2_ctx = OPS.kmeans_compactness(b, h, c, c_star, lam=est.lam)  # eq 4
+        g_h = e2_ctx.backward()[0] + dec.backward(e1_ctx.backward()[0] * n_pixels)
         enc.backward(g_h, input_grad=False)
+        e1, e2 = float(e1), float(e2)
         return {"E1": e1 * n_pixels, "E2": e2, "loss": e1 * n_pixels + e2}
 
     def end_epoch(self, est, X):
@@ -186,5 +188,5 @@ class DCAE(AutoencoderMixin, DeepClusterer):
 
     def _decode(self, z):
         """x^ = sigmoid(decoder logits), in [0, 1]."""
-        y, _ = self._backend.op("sigmoid").forward(self.modules_["decoder"](z))
+        y, _ = OPS.sigmoid(self._backend, self.modules_["decoder"](z))
         return y

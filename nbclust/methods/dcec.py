@@ -30,6 +30,7 @@ from nbclust.methods.base import AutoencoderMixin, DeepClusterer, LearnedCentres
 from nbclust.methods.clustering import dec_target
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import KMeansInit, Phase, ReconstructionPretraining
+from nbclust.optable import OPS
 
 DCEC_PARAMS = COMMON_PARAMS + Params(
     Param("pretrain_epochs", int, 200, "autoencoder pretraining epochs (step 1)", ge=0),
@@ -79,15 +80,15 @@ class SelfTraining(Phase):
         b, enc, dec = est._backend, est.modules_["encoder"], est.modules_["decoder"]
         x = X[b.asarray(idx)]
         z = enc(x)
-        recon, (g_xhat, _) = est._loss("mse", dec(z), x)
-        g_z = dec.backward(g_xhat)
-        st = b.op("student_t")
-        q, ctx = st.forward(z, est._mu.data, v=1.0)
+        recon, recon_ctx = OPS.mse(b, dec(z), x)
+        g_z = dec.backward(recon_ctx.backward()[0])
+        q, q_ctx = OPS.student_t(b, z, est._mu.data, v=1.0)
         p = b.asarray(est.target_[idx], est._dtype)
-        kl, (_, g_q) = est._loss("kl_div", p, q)
-        g_zq, g_mu = st.backward(g_q * est.gamma, ctx)
+        kl, kl_ctx = OPS.kl_div(b, p, q)
+        g_zq, g_mu = q_ctx.backward(kl_ctx.backward()[1] * est.gamma)
         enc.backward(g_z + g_zq, input_grad=False)
         est._mu.grad += g_mu
+        recon, kl = float(recon), float(kl)
         return {"mse": recon, "kl": kl, "loss": recon + est.gamma * kl}
 
     def end_epoch(self, est, X):

@@ -257,6 +257,7 @@ from nbclust.methods.base import DeepClusterer
 from nbclust.methods.clustering import batch_kmeans, kmeans, single_threaded
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
+from nbclust.optable import OPS
 from nbclust.scaling import minmax_apply, minmax_statistics
 
 DCTL_PARAMS = COMMON_PARAMS + Params(
@@ -438,10 +439,10 @@ class DCTLTransform:
         """``sum_i (||T_i||_F^2 - sum log sigma(T_i))`` and its gradients, one per filter bank."""
         reg, grads = 0.0, []
         for p in self.filters:
-            fro, (g_fro,) = self.b.loss("frobenius", p.data)
-            nld, (g_nld,) = self.b.loss("neg_logdet", p.data)
-            reg += fro + nld
-            grads.append(g_fro + g_nld)
+            fro, fro_ctx = OPS.frobenius(self.b, p.data)
+            nld, nld_ctx = OPS.neg_logdet(self.b, p.data)
+            reg += float(fro) + float(nld)
+            grads.append(fro_ctx.backward()[0] + nld_ctx.backward()[0])
         return reg, grads
 
     def batch_loss(self, x, z, labels, *, lam, mu, n_clusters, reg_scale=1.0, mean=False):
@@ -454,12 +455,10 @@ class DCTLTransform:
         output A (backend array, before any gradient step) to those indices.
         """
         a = self.net.forward(x)
-        if mean:
-            fid, (g_a, g_z) = self.b.loss("mse", a, z)
-        else:
-            fid, (g_a, g_z) = self.b.loss("fidelity", a, z)
+        fid, fid_ctx = (OPS.mse if mean else OPS.fidelity)(self.b, a, z)
+        g_a, g_z = fid_ctx.backward()
         self.net.backward(g_a, input_grad=False)
-        terms = {"fidelity": fid}
+        terms = {"fidelity": float(fid)}
         reg, g_reg = self.regularizer()
         for p, g in zip(self.filters, g_reg):
             p.grad += (reg_scale * lam) * g
@@ -467,10 +466,10 @@ class DCTLTransform:
         if labels is not None and mu > 0:
             if callable(labels):
                 labels = labels(a)
-            km, (g_km, _) = self.b.loss("kmeans_subspace", z, labels, n_clusters=n_clusters)
+            km, km_ctx = OPS.kmeans_subspace(self.b, z, labels, n_clusters=n_clusters)
             w = mu / z.size if mean else mu
-            g_z = g_z + w * g_km
-            terms["kmeans"] = w * km
+            g_z = g_z + w * km_ctx.backward()[0]
+            terms["kmeans"] = w * float(km)
         terms["loss"] = sum(terms.values())
         return terms, g_z
 

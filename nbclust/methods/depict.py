@@ -87,6 +87,7 @@ from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 from nbclust.methods.clustering import depict_target
 from nbclust.methods.params import ARRAY, COMMON_PARAMS, PATH, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
+from nbclust.optable import OPS
 
 DEPICT_PARAMS = COMMON_PARAMS + Params(
     Param("target", str, "code", "target distribution: p^2 / f (code, the released code) or p / f^(1/2) "
@@ -190,7 +191,6 @@ class DEPICTNet:
 
     def reconstruction_error(self, x) -> float:
         """The clean path's reconstruction loss (the released ``loss_recons_clean``), forward only."""
-        mse = self.b.op("mse").forward
         xs = 2 * x - 1
         h1 = self.clean[0].forward(xs)
         h2 = self.clean[1].forward(h1)
@@ -198,7 +198,8 @@ class DEPICTNet:
         r1 = self.dec2.forward(r2)
         xr = self.dec1.forward(r1)
         w = self.hidden_weight
-        return float(mse(xr, xs)[0]) + w * float(mse(r1, h1)[0]) + w * float(mse(r2, h2)[0])
+        e = [float(OPS.mse(self.b, out, target)[0]) for out, target in ((xr, xs), (r1, h1), (r2, h2))]
+        return e[0] + w * e[1] + w * e[2]
 
     def _masks(self, shape, rng: np.random.Generator) -> tuple:
         """Dropout masks (input, first hidden layer) for a batch of image ``shape`` (N, C, H, W)."""
@@ -206,7 +207,7 @@ class DEPICTNet:
         return tuple(self.b.asarray(rng.random(s) >= self.dropout, dtype=self.dtype) for s in (shape, h1))
 
     def _drop(self, x, mask):
-        return self.b.op("dropout").forward(x, mask, p=self.dropout)
+        return OPS.dropout(self.b, x, mask, p=self.dropout)
 
     def _noisy_forward(self, mods, xs, masks, terms):
         """One corrupted pass through the copies ``mods``, computing the outputs ``terms`` need."""
@@ -242,7 +243,7 @@ class DEPICTNet:
         if "cluster" in grads:
             g_z = add(g_z, head.backward(grads["cluster"]))
         g_h1 = e2.backward(e3.backward(g_z))
-        e1.backward(self.b.op("dropout").backward(g_h1, ctx1)[0], input_grad=False)
+        e1.backward(ctx1.backward(g_h1)[0], input_grad=False)
 
     def loss(self, x, rng: np.random.Generator, q=None):
         """Terms of the loss on the batch ``x``; accumulates every parameter gradient.
@@ -264,13 +265,13 @@ class DEPICTNet:
             grads = {}
             for t in group:
                 if t == "cluster":
-                    val, ctx = self.b.op("soft_cross_entropy").forward(out[t], q)
-                    grads[t] = self.b.op("soft_cross_entropy").backward(ones, ctx)[0]
+                    val, ctx = OPS.soft_cross_entropy(self.b, out[t], q)
+                    grads[t] = ctx.backward(ones)[0]
                     values[t] = float(val)
                     continue
                 target, weight = targets[t]
-                val, ctx = self.b.op("mse").forward(out[t], target)
-                grads[t], g_target = self.b.op("mse").backward(ones * weight, ctx)
+                val, ctx = OPS.mse(self.b, out[t], target)
+                grads[t], g_target = ctx.backward(ones * weight)
                 values[t] = weight * float(val)
                 if t == "rec_h1":
                     g_h1c = g_h1c + g_target

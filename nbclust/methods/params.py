@@ -34,6 +34,8 @@ import math
 import numbers
 import os
 
+from nbclust.registry import BACKENDS
+
 __all__ = ["Param", "Params", "Attr", "Declared", "COMMON_PARAMS", "read_hyperparameters"]
 
 _SAME = object()  # Param.paper when the paper's value is the default
@@ -275,7 +277,7 @@ class Attr:
 
 COMMON_PARAMS = Params(
     Param("n_clusters", int, 10, "number of clusters K", ge=2, flag=False),
-    Param("backend", str, "cpu", "array backend of the networks", choices=("cpu", "reference", "cuda"), flag=False),
+    Param("backend", str, "cpu", "array backend of the networks", choices=BACKENDS, flag=False),
     Param("random_state", ANY, None, "seed of the one random stream of the fit (weights, batches, k-means, "
           "dropout)", flag=False, type_doc="int, numpy Generator or None"),
     Param("verbose", ANY, 0, "print one line per epoch to stderr when true", flag=False, type_doc="int"),

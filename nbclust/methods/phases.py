@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from nbclust import optim
+from nbclust.optable import OPS
 
 
 class Stage:
@@ -109,9 +110,9 @@ class ReconstructionPretraining(Phase):
     def step(self, est, X, idx):
         enc, dec = est.modules_["encoder"], est.modules_["decoder"]
         x = X[est._backend.asarray(idx)]
-        loss, (g, _) = est._loss("mse", dec(enc(x)), x)
-        enc.backward(dec.backward(g), input_grad=False)
-        return {"mse": loss}
+        loss, ctx = OPS.mse(est._backend, dec(enc(x)), x)
+        enc.backward(dec.backward(ctx.backward()[0]), input_grad=False)
+        return {"mse": float(loss)}
 
 
 class KMeansInit(Step):

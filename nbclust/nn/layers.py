@@ -16,6 +16,7 @@ import numpy as np
 from nbclust import convshape
 from nbclust.nn.init import check_init_name, initialize
 from nbclust.nn.module import Module, as_generator
+from nbclust.optable import OPS
 
 
 def _positive_int(v, name: str) -> int:
@@ -43,12 +44,12 @@ class _Affine(Module):
 
     def _run(self, x, **attrs):
         b = None if self.bias is None else self.bias.data
-        out, ctx = self._backend.op(self.op_name).forward(x, self.weight.data, b, **attrs)
+        out, ctx = OPS[self.op_name](self._backend, x, self.weight.data, b, **attrs)
         self._save(ctx, out)
         return out
 
     def backward(self, grad_out, input_grad=True):
-        gx, gw, gb = self._backend.op(self.op_name).backward(grad_out, self._saved(grad_out), input_grad=input_grad)
+        gx, gw, gb = self._saved(grad_out).backward(grad_out, input_grad=input_grad)
         self.weight.grad += gw
         if self.bias is not None:
             self.bias.grad += gb
@@ -79,7 +80,6 @@ class Conv2d(_Affine):
     def forward(self, x):
         self._check_input(x, 4)
         _check_channels(self, x.shape[1], self.in_channels)
-        convshape.conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding)
         return self._run(x, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:
@@ -113,8 +113,6 @@ class ConvTranspose2d(_Affine):
     def forward(self, x):
         self._check_input(x, 4)
         _check_channels(self, x.shape[1], self.in_channels)
-        convshape.conv_transpose_output_size(
-            x.shape[2:], self.kernel_size, self.stride, self.padding, self.output_padding)
         return self._run(x, stride=self.stride, padding=self.padding, output_padding=self.output_padding)
 
     def extra_repr(self) -> str:
@@ -156,21 +154,20 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         self._check_input(x, 4)
-        convshape.pool_output_size(x.shape[2:], self.kernel_size, self.stride)
-        (y, indices), ctx = self._backend.op("max_pool2d").forward(x, kernel=self.kernel_size, stride=self.stride)
-        self._save((ctx, indices, tuple(x.shape[2:])), y)
+        y, ctx = OPS.max_pool2d(self._backend, x, kernel=self.kernel_size, stride=self.stride)
+        self._save((ctx, tuple(x.shape[2:])), y)
         return y
 
     def backward(self, grad_out, input_grad=True):
-        ctx, _, _ = self._saved(grad_out)
-        return self._backend.op("max_pool2d").backward(grad_out, ctx)[0] if input_grad else None
+        ctx, _ = self._saved(grad_out)
+        return ctx.backward(grad_out, input_grad=input_grad)[0]
 
     def last_indices(self):
         """``(indices, (H, W))`` of the last forward, for unpooling."""
         if self._ctx is None:
             raise RuntimeError("MaxPool2d: no forward yet, so no indices to unpool with")
-        _, indices, size = self._ctx[0]
-        return indices, size
+        ctx, size = self._ctx[0]
+        return ctx.aux["indices"], size
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -197,13 +194,12 @@ class MaxUnpool2d(Module):
             raise ValueError(
                 f"MaxUnpool2d: input shape {tuple(x.shape)} differs from the pool's output shape "
                 f"{tuple(indices.shape)}")
-        y, ctx = self._backend.op("max_unpool2d").forward(x, indices, output_size=size)
+        y, ctx = OPS.max_unpool2d(self._backend, x, indices, output_size=size)
         self._save(ctx, y)
         return y
 
     def backward(self, grad_out, input_grad=True):
-        ctx = self._saved(grad_out)
-        return self._backend.op("max_unpool2d").backward(grad_out, ctx)[0] if input_grad else None
+        return self._saved(grad_out).backward(grad_out, input_grad=input_grad)[0]
 
     def children(self) -> dict[str, Module]:
         return {}  # the pool is a reference to a layer owned elsewhere, not a part
@@ -243,19 +239,19 @@ class _BatchNorm(Module):
         if self.training and x.size // x.shape[1] < 2:
             raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
                              f"got input shape {tuple(x.shape)}")
-        (y, mean, var), ctx = self._backend.op("batch_norm").forward(
-            x, self.weight.data, self.bias.data, self._buffers["running_mean"], self._buffers["running_var"],
-            training=self.training, momentum=self.momentum, eps=self.eps)
+        y, ctx = OPS.batch_norm(
+            self._backend, x, self.weight.data, self.bias.data, self._buffers["running_mean"],
+            self._buffers["running_var"], training=self.training, momentum=self.momentum, eps=self.eps)
         if self.training:
-            self._buffers["running_mean"], self._buffers["running_var"] = mean, var
+            self._buffers.update(ctx.aux)  # the new running_mean and running_var
         self._save(ctx, y)
         return y
 
     def backward(self, grad_out, input_grad=True):
-        gx, gg, gb, _, _ = self._backend.op("batch_norm").backward(grad_out, self._saved(grad_out))
+        gx, gg, gb, _, _ = self._saved(grad_out).backward(grad_out, input_grad=input_grad)
         self.weight.grad += gg
         self.bias.grad += gb
-        return gx if input_grad else None
+        return gx
 
     @property
     def running_mean(self):
@@ -292,13 +288,12 @@ class _Pointwise(Module):
 
     def forward(self, x):
         self._check_input(x, self.ndim)
-        y, ctx = self._backend.op(self.op_name).forward(x, **self._attrs())
+        y, ctx = OPS[self.op_name](self._backend, x, **self._attrs())
         self._save(ctx, y)
         return y
 
     def backward(self, grad_out, input_grad=True):
-        ctx = self._saved(grad_out)
-        return self._backend.op(self.op_name).backward(grad_out, ctx)[0] if input_grad else None
+        return self._saved(grad_out).backward(grad_out, input_grad=input_grad)[0]
 
 
 class Sigmoid(_Pointwise):
@@ -368,17 +363,15 @@ class Dropout(Module):
             self._save(None, x)
             return x
         mask = self._backend.asarray(self.rng.random(x.shape) >= self.p, self.dtype)
-        y, ctx = self._backend.op("dropout").forward(x, mask, p=self.p)
+        y, ctx = OPS.dropout(self._backend, x, mask, p=self.p)
         self._save(ctx, y)
         return y
 
     def backward(self, grad_out, input_grad=True):
         ctx = self._saved(grad_out)
-        if not input_grad:
-            return None
         if ctx is None:
-            return grad_out
-        return self._backend.op("dropout").backward(grad_out, ctx)[0]
+            return grad_out if input_grad else None
+        return ctx.backward(grad_out, input_grad=input_grad)[0]
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -401,15 +394,12 @@ class Reshape(Module):
         self._check_input(x)
         if x.ndim < 1:
             raise ValueError(f"{type(self).__name__}: input needs a batch axis, got a 0-D array")
-        shape = (x.shape[0], *self.shape)
-        convshape.check_reshape(x, shape)
-        y, ctx = self._backend.op("reshape").forward(x, shape=shape)
+        y, ctx = OPS.reshape(self._backend, x, shape=(x.shape[0], *self.shape))
         self._save(ctx, y)
         return y
 
     def backward(self, grad_out, input_grad=True):
-        ctx = self._saved(grad_out)
-        return self._backend.op("reshape").backward(grad_out, ctx)[0] if input_grad else None
+        return self._saved(grad_out).backward(grad_out, input_grad=input_grad)[0]
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"

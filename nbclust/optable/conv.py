@@ -1,10 +1,51 @@
-"""Table entries: convolution, transposed convolution, pooling, dense, reshape."""
+"""Table entries: convolution, transposed convolution, pooling, dense, reshape.
+
+Their checks validate through :mod:`nbclust.convshape` and hand the backends kernel and stride
+as pairs and padding as ``((top, bottom), (left, right))`` (``"tf_same"`` resolved for the input).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from nbclust.optable import Case, OpSpec
+from nbclust import convshape
+from nbclust.optable import REQUIRED, Case, OpSpec
+
+FAMILY = "conv"
+
+
+# --- checks -----------------------------------------------------------------
+
+def _check_conv2d(x, w, b, stride, padding) -> dict:
+    _, stride, padding = convshape.conv_geometry(x, w, b, stride, padding)
+    return {"stride": stride, "padding": padding}
+
+
+def _check_conv_transpose2d(x, w, b, stride, padding, output_padding) -> dict:
+    _, stride, padding, output_padding = convshape.conv_transpose_geometry(x, w, b, stride, padding, output_padding)
+    return {"stride": stride, "padding": padding, "output_padding": output_padding}
+
+
+def _check_max_pool2d(x, kernel, stride) -> dict:
+    convshape.check_pool_input(x, kernel, stride)
+    return {"kernel": convshape.normalize_pair(kernel, "kernel"), "stride": convshape.normalize_pair(stride, "stride")}
+
+
+def _check_max_unpool2d(x, indices, output_size) -> dict:
+    _, _, h, w = convshape.check_unpool_input(x, indices, output_size)
+    convshape.check_unpool_range(indices, h * w)
+    return {"output_size": (h, w)}
+
+
+def _check_linear(x, w, b) -> None:
+    convshape.check_linear_input(x, w, b)
+
+
+def _check_reshape(x, shape) -> dict:
+    return {"shape": convshape.check_reshape(x, shape)}
+
+
+# --- cases ------------------------------------------------------------------
 
 
 def _conv2d_cases(rng: np.random.Generator) -> list[Case]:
@@ -121,8 +162,6 @@ def _torch_conv2d(x, w, b, stride, padding):
     """Symmetric padding: torch's own; asymmetric (or "tf_same"): ``F.pad`` then no padding."""
     import torch.nn.functional as F
 
-    from nbclust import convshape
-
     pads = convshape.resolve_padding(padding, tuple(x.shape[2:]), tuple(w.shape[2:]), stride)
     if convshape.is_symmetric(pads):
         return F.conv2d(x, w, b, stride=stride, padding=(pads[0][0], pads[1][0]))
@@ -135,8 +174,6 @@ def _torch_conv_transpose2d(x, w, b, stride, padding, output_padding):
     cropped by ``(top, bottom - output_padding)`` (``F.pad`` with negative amounts; a negative crop
     pads), then the bias (on appended rows too, as torch's output_padding)."""
     import torch.nn.functional as F
-
-    from nbclust import convshape
 
     pads, (qh, qw) = convshape.resolve_transpose_padding(padding, tuple(w.shape[2:]), stride, output_padding)
     if convshape.is_symmetric(pads):
@@ -175,32 +212,35 @@ def _torch_reshape(x, shape):
 SPECS = [
     OpSpec(
         "conv2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True, cases=_conv2d_cases,
-        torch=_torch_conv2d,
+        attrs={"stride": (1, 1), "padding": (0, 0)}, check=_check_conv2d, torch=_torch_conv2d,
         doc="y[n,o] = b[o] + sum_c,i,j w[o,c,i,j] x_pad[n,c,h*sh+i,w*sw+j] (cross-correlation, zero padding); "
             "padding int, (h, w), ((top, bottom), (left, right)) or 'tf_same' (nbclust.convshape)",
     ),
     OpSpec(
         "conv_transpose2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True,
-        cases=_conv_transpose2d_cases, torch=_torch_conv_transpose2d,
+        cases=_conv_transpose2d_cases, attrs={"stride": (1, 1), "padding": (0, 0), "output_padding": (0, 0)},
+        check=_check_conv_transpose2d, torch=_torch_conv_transpose2d,
         doc="adjoint of conv2d in its input; w is (Cin, Cout, kh, kw); H_out = (H-1)s + k - top - bottom "
             "+ output_padding (padding: the crop of the full output, any form of nbclust.convshape; "
             "'tf_same': H_out = H s, Keras' Conv2DTranspose)",
     ),
     OpSpec(
         "max_pool2d", inputs=("x",), differentiable=("x",), cases=_max_pool2d_cases, aux=("indices",),
-        torch=_torch_max_pool2d,
+        attrs={"kernel": (2, 2), "stride": (2, 2)}, check=_check_max_pool2d, torch=_torch_max_pool2d,
         doc="window maxima (floor mode, no padding) and int64 flat H*W-plane indices; first max wins",
     ),
     OpSpec(
         "max_unpool2d", inputs=("x", "indices"), differentiable=("x",), cases=_max_unpool2d_cases,
-        torch=_torch_max_unpool2d, doc="zero (N, C, H, W) plane with y.plane[indices] = x",
+        attrs={"output_size": REQUIRED}, check=_check_max_unpool2d, torch=_torch_max_unpool2d,
+        doc="zero (N, C, H, W) plane with y.plane[indices] = x",
     ),
     OpSpec(
         "linear", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True, cases=_linear_cases,
-        torch=_torch_linear, doc="y = x @ w.T + b",
+        check=_check_linear, torch=_torch_linear, doc="y = x @ w.T + b",
     ),
     OpSpec(
-        "reshape", inputs=("x",), differentiable=("x",), cases=_reshape_cases, torch=_torch_reshape,
+        "reshape", inputs=("x",), differentiable=("x",), cases=_reshape_cases, attrs={"shape": (-1,)},
+        check=_check_reshape, torch=_torch_reshape,
         doc="y = x.reshape(shape); shape may contain one -1",
     ),
 ]

@@ -1,8 +1,5 @@
-"""Table entries: activations, softmax, batch norm, dropout.
-
-Also the argument checks these ops share across backends (``check_*``), so
-every backend rejects the same bad arguments with the same message.
-"""
+"""Table entries: activations, softmax, batch norm, dropout, and their argument checks
+(run once per call by the op table, for every backend)."""
 
 from __future__ import annotations
 
@@ -10,26 +7,47 @@ import numpy as np
 
 from nbclust.optable import Case, OpSpec
 
+FAMILY = "pointwise"
+
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 
-# --- argument checks shared by the backends ---------------------------------
+# --- checks -----------------------------------------------------------------
 
-def check_softmax(x, name: str) -> None:
-    if x.ndim != 2:
-        raise ValueError(f"{name} expects a 2-D (N, K) input, got shape {tuple(x.shape)}")
+_REAL = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def check_dropout(x, mask, p) -> None:
+def _check_real(op: str, x) -> None:
+    if x.dtype not in _REAL:
+        raise ValueError(f"{op} expects float32 or float64 input, got {x.dtype}")
+
+
+def _real_input(op: str):
+    """The check of an elementwise op: a float32 or float64 input (any attributes)."""
+    def check(x, **attrs) -> None:
+        _check_real(op, x)
+    return check
+
+
+def _softmax_input(op: str):
+    def check(x) -> None:
+        _check_real(op, x)
+        if x.ndim != 2:
+            raise ValueError(f"{op} expects a 2-D (N, K) input, got shape {tuple(x.shape)}")
+    return check
+
+
+def _check_dropout(x, mask, p) -> None:
+    _check_real("dropout", x)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability p must lie in [0, 1), got {p}")
     if tuple(mask.shape) != tuple(x.shape):
         raise ValueError(f"dropout mask shape {tuple(mask.shape)} differs from input shape {tuple(x.shape)}")
 
 
-def check_batch_norm(x, gamma, beta, running_mean, running_var, training, eps) -> int:
-    """Validate batch_norm arguments; return the number of values per channel."""
+def _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps) -> None:
+    _check_real("batch_norm", x)
     if x.ndim not in (2, 4):
         raise ValueError(f"batch_norm expects a 2-D (N, F) or 4-D (N, C, H, W) input, got shape {tuple(x.shape)}")
     c = x.shape[1]
@@ -38,10 +56,8 @@ def check_batch_norm(x, gamma, beta, running_mean, running_var, training, eps) -
             raise ValueError(f"batch_norm {name} has shape {tuple(a.shape)}, expected ({c},) for input shape {tuple(x.shape)}")
     if not eps > 0:
         raise ValueError(f"batch_norm eps must be positive, got {eps}")
-    count = x.size // c if c else 0
-    if training and count < 2:
+    if training and (x.size // c if c else 0) < 2:
         raise ValueError(f"batch_norm in training mode needs more than 1 value per channel, got input shape {tuple(x.shape)}")
-    return count
 
 
 # --- cases ------------------------------------------------------------------
@@ -170,44 +186,45 @@ def _torch_dropout(x, mask, p=0.5):
 
 SPECS = [
     OpSpec(
-        "sigmoid", inputs=("x",), differentiable=("x",), cases=_smooth_cases,
+        "sigmoid", inputs=("x",), differentiable=("x",), cases=_smooth_cases, check=_real_input("sigmoid"),
         torch=_torch_sigmoid, doc="y = 1 / (1 + exp(-x)), computed without overflow",
     ),
     OpSpec(
-        "tanh", inputs=("x",), differentiable=("x",), cases=_smooth_cases,
+        "tanh", inputs=("x",), differentiable=("x",), cases=_smooth_cases, check=_real_input("tanh"),
         torch=_torch_tanh, doc="y = tanh(x); dy/dx = 1 - y^2",
     ),
     OpSpec(
-        "relu", inputs=("x",), differentiable=("x",), cases=_kinked_cases,
+        "relu", inputs=("x",), differentiable=("x",), cases=_kinked_cases, check=_real_input("relu"),
         torch=_torch_relu, doc="y = max(x, 0); gradient 0 at x = 0 (as torch)",
     ),
     OpSpec(
-        "leaky_relu", inputs=("x",), differentiable=("x",), cases=_leaky_relu_cases,
-        torch=_torch_leaky_relu,
+        "leaky_relu", inputs=("x",), differentiable=("x",), cases=_leaky_relu_cases, attrs={"slope": 0.01},
+        check=_real_input("leaky_relu"), torch=_torch_leaky_relu,
         doc="y = x for x > 0, slope * x otherwise (attr slope; the layer's default is 0.01)",
     ),
     OpSpec(
-        "selu", inputs=("x",), differentiable=("x",), cases=_kinked_cases,
+        "selu", inputs=("x",), differentiable=("x",), cases=_kinked_cases, check=_real_input("selu"),
         torch=_torch_selu,
         doc="y = scale * (x if x > 0 else alpha * (exp(x) - 1)) with torch's alpha, scale "
             "(SELU_ALPHA, SELU_SCALE); dy/dx = scale * alpha * exp(x) = y + scale * alpha for x <= 0",
     ),
     OpSpec(
-        "softmax", inputs=("x",), differentiable=("x",), cases=_softmax_cases,
+        "softmax", inputs=("x",), differentiable=("x",), cases=_softmax_cases, check=_softmax_input("softmax"),
         torch=_torch_softmax,
         doc="row softmax of a 2-D (N, K) input, the row max subtracted first; "
             "dx = y * (g - sum_k g_k y_k)",
     ),
     OpSpec(
         "log_softmax", inputs=("x",), differentiable=("x",), cases=_softmax_cases,
-        torch=_torch_log_softmax,
+        check=_softmax_input("log_softmax"), torch=_torch_log_softmax,
         doc="y = x - max - log sum exp(x - max) over the last axis of a 2-D (N, K) input; "
             "dx = g - softmax(x) * sum_k g_k",
     ),
     OpSpec(
         "batch_norm", inputs=("x", "gamma", "beta", "running_mean", "running_var"),
         differentiable=("x", "gamma", "beta"), aux=("running_mean", "running_var"),
-        cases=_batch_norm_cases, torch=_torch_batch_norm,
+        cases=_batch_norm_cases, attrs={"training": False, "momentum": 0.1, "eps": 1e-5}, check=_check_batch_norm,
+        torch=_torch_batch_norm,
         doc="Per channel (axis 1) over (N, H, W) for 4-D x, per feature over N for 2-D x: "
             "y = gamma * (x - m) / sqrt(v + eps) + beta.  attrs training, momentum, eps.  "
             "Training: m, v are the batch mean and biased variance; returns the new running "
@@ -218,8 +235,8 @@ SPECS = [
             "dgamma = sum(g * xh), dbeta = sum(g).",
     ),
     OpSpec(
-        "dropout", inputs=("x", "mask"), differentiable=("x",), cases=_dropout_cases,
-        torch=_torch_dropout,
+        "dropout", inputs=("x", "mask"), differentiable=("x",), cases=_dropout_cases, attrs={"p": 0.5},
+        check=_check_dropout, torch=_torch_dropout,
         doc="y = x * mask / (1 - p) with a 0/1 mask of x's shape drawn by the layer's seeded "
             "Generator (the layer skips the op in eval mode).  Torch's RNG cannot be matched, so "
             "the torch equivalent is the same formula x * mask / (1 - p), not F.dropout.",

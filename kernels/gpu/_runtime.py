@@ -1,4 +1,5 @@
-"""Index tables that turn im2col, col2im and pooling into deterministic gathers.
+"""The gpu backend's runtime: its array module (CuPy, as ``xp``) and the index tables that turn
+im2col, col2im and pooling into deterministic gathers.
 
 Every table is built once per geometry on the host with NumPy, cached, and
 copied to the device.  A gather ``a[..., table]`` runs one thread per output
@@ -11,9 +12,8 @@ from __future__ import annotations
 
 import functools
 
+import cupy as xp
 import numpy as np
-
-from nbclust.kernels.gpu._xp import xp
 
 
 def _invert(table: np.ndarray, n_targets: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""``array_module``: the array module (NumPy or CuPy) of some arrays, without importing CuPy."""
+"""The reference's runtime: ``array_module``, the array module (NumPy or CuPy) of some arrays,
+without importing CuPy."""
 
 from __future__ import annotations
 
