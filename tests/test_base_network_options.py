@@ -174,9 +174,21 @@ def test_caffe_solver_settings_and_euclidean_gradient():
     assert all(p.shape == (p.shape[0],) for p in opts["sgd_bias"].params)
 
 
+def test_fcae_caffe_init_is_xavier_on_fan_in():
+    enc, dec = architectures.fcae((1, 28, 28), init="caffe", rng=0)
+    convs = [layer for seq in (enc, dec) for layer in seq.layers if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert len(convs) == 6
+    for layer in convs:
+        w = layer.weight.data
+        bound = math.sqrt(3.0 * w.shape[0] / w.size)
+        assert bound * 0.9 < np.abs(w).max() <= bound
+    with pytest.raises(ValueError, match="init"):
+        architectures.fcae((1, 28, 28), init="he")
+
+
 def test_dbc_with_every_caffe_convention_clusters_and_resumes_exactly(tmp_path):
     X, y = toy_images(n_per=20)
-    kw = dict(random_state=0, pretrain_epochs=3, epochs=3, batch_size=20, solver="caffe", lr=1e-3,
+    kw = dict(random_state=0, pretrain_epochs=3, epochs=3, batch_size=20, solver="caffe", lr=1e-3, init="caffe",
               batch_order="file", feature_bn="batch", cluster_bn="batch")
     states = []
     full = DBC(4, **kw).fit(X, callback=lambda e, r: states.append(e.training_state()))

@@ -183,8 +183,11 @@ def fcae_plan(height: int, width: int):
     return blocks, 160
 
 
-def fcae(image_shape, *, backend="cpu", dtype=None, rng=None):
+def fcae(image_shape, *, init="glorot", backend="cpu", dtype=None, rng=None):
     """DBC's fully convolutional auto-encoder (seed 002, Table 2), 1x1 feature layer.
+
+    Weights (``init``, the paper names none): ``"glorot"`` (nbclust's layer default) or ``"caffe"``,
+    Caffe's ``xavier`` filler of the first author's Caffe files (:func:`caffe_fillers`).
 
     Encoder: [conv -> BN -> ReLU -> max-pool 2] per block, conv (feature) -> BN -> ReLU -> flatten.
     Decoder, "totally reversed": reshape -> convT (feature kernel) -> BN -> ReLU, then per
@@ -212,7 +215,13 @@ def fcae(image_shape, *, backend="cpu", dtype=None, rng=None):
         dec += [nn.MaxUnpool2d(pools[i], **kw), nn.ConvTranspose2d(blocks[i][1], c_out, k, padding=p, **kw)]
         if i > 0:
             dec += [nn.BatchNorm2d(c_out, **kw), nn.ReLU(**kw)]
-    return nn.Sequential(*enc), nn.Sequential(*dec)
+    enc, dec = nn.Sequential(*enc), nn.Sequential(*dec)
+    if init == "caffe":
+        for seq in (enc, dec):
+            caffe_fillers(seq, kw["rng"])
+    elif init != "glorot":
+        raise ValueError(f"init must be 'glorot' or 'caffe', got {init!r}")
+    return enc, dec
 
 
 def dcec_sizes(side: int) -> tuple[int, int, int, bool]:

@@ -60,6 +60,8 @@ FCAE_PARAMS = COMMON_PARAMS + Params(
     Param("solver", str, "adam", "optimiser of stage I (and II): Adam, or Caffe's SGD as the first author's "
           "Caffe files set it (momentum 0.9, weight decay 1e-4, bias step x2, Euclidean loss 1/2 sum)",
           choices=("adam", "caffe")),
+    Param("init", str, "glorot", "FCAE weights: Glorot-uniform, or Caffe's xavier U(+-sqrt(3 / fan_in)) as the "
+          "first author's Caffe files", choices=("glorot", "caffe")),
     Param("batch_order", str, "shuffle", "mini-batches drawn at random each epoch, or in the data's own order "
           "every epoch (Caffe's LMDB data layer)", choices=("shuffle", "file")),
     Param("feature_bn", str, "running", "batch norm when features are extracted: running statistics, or the "
@@ -207,7 +209,7 @@ class FCAEKMeans(AutoencoderMixin, DeepClusterer):
         return np.concatenate(out).astype(np.float64)
 
     def _build(self, image_shape):
-        enc, dec = architectures.fcae(image_shape, backend=self._backend.name, dtype=self._dtype,
+        enc, dec = architectures.fcae(image_shape, init=self.init, backend=self._backend.name, dtype=self._dtype,
                                       rng=self._seed())
         return {"encoder": enc, "decoder": dec}
 
