@@ -44,27 +44,69 @@ def matconvnet_xavier(seq, rng) -> None:
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             fan = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels * math.prod(
                 layer.kernel_size)
-            bound = math.sqrt(3.0 / fan)
-            w = layer.weight.data
-            w[...] = layer._backend.asarray(rng.uniform(-bound, bound, size=w.shape), w.dtype)
+            _redraw(layer, rng.uniform(-math.sqrt(3.0 / fan), math.sqrt(3.0 / fan), size=layer.weight.shape))
 
 
-def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", init="matconvnet", backend="cpu",
-         dtype=None, rng=None):
+CAFFE_SPARSE = 25  # the ``sparse`` of the base network's 250-unit dense layers (Caffe GaussianFiller)
+
+
+def caffe_fillers(seq, rng, code_layer=None) -> None:
+    """Redraw ``seq``'s weights as the fillers of DCAE's base network (Turchenko & Luczak, Caffe;
+    ``train-mnistCAE10sym0202.prototxt``), biases 0 (``constant``):
+
+    * conv and transposed conv, ``xavier``: Caffe's XavierFiller, U(+-sqrt(3 / fan_in)) with
+      fan_in = count / shape[0]; the weight blob is (out, in, kh, kw) for a convolution and
+      (in, out, kh, kw) for a deconvolution, so a transposed conv's fan counts its *output*
+      channels (as torch's ``fan_in``), unlike :func:`matconvnet_xavier`;
+    * dense, ``gaussian std: 1, sparse: s``: N(0, 1) weights, each kept with probability
+      s / num_outputs (Caffe's GaussianFiller divides by the blob's first axis, its outputs);
+      s = 25 on the hidden layers (``sparse: 25``, 250 outputs: p = 0.1), and the code layer
+      ``code_layer`` dense (the file's ``sparse: 2`` on its 2 outputs is p = 1).
+    """
+    for layer in seq.layers:
+        if isinstance(layer, nn.Linear):
+            out = layer.out_features
+            keep = 1.0 if layer is code_layer else min(1.0, CAFFE_SPARSE / out)
+            shape = layer.weight.shape
+            _redraw(layer, rng.normal(0.0, 1.0, size=shape) * (rng.random(shape) < keep))
+        elif isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            shape = layer.weight.shape
+            bound = math.sqrt(3.0 * shape[0] / math.prod(shape))
+            _redraw(layer, rng.uniform(-bound, bound, size=shape))
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            layer.bias.data[...] = 0
+
+
+def _redraw(layer, weights) -> None:
+    w = layer.weight.data
+    w[...] = layer._backend.asarray(weights, w.dtype)
+
+
+def dcae(image_shape, embedding_dim=10, hidden=250, *, network="paper", activation="sigmoid", init="matconvnet",
+         backend="cpu", dtype=None, rng=None):
     """DCAE (seeds 000/001): conv k x8 -> conv k x4 -> dense 250 -> dense 10, mirrored decoder.
 
-    Decoder: dense 250 -> reshape 250x1x1 -> convT (a x a, 4 maps) -> convT (b x b, C maps).
-    ``activation="sigmoid"`` (the paper, seed 001: "a standard sigmoid activation function"):
-    sigmoid after every hidden layer.  ``"relu"``: ReLU after the hidden layers.  The
-    embedding keeps the paper's sigmoid either way: it bounds h to (0, 1)^d, so E2 (eq 4)
-    cannot grow with the embedding's scale (why that matters: :mod:`nbclust.methods.dcae`).
+    ``network="paper"``: the embedding is the sigmoid of the code layer, and the decoder is
+    dense 250 -> reshape 250x1x1 -> convT (a x a, 4 maps) -> convT (b x b, C maps), whose
+    output are the logits.  ``network="caffe"``: the base network DCAE adopts (seed 001, ref
+    [14]: Turchenko & Luczak's Caffe files, ``train-mnistCAE10sym0202.prototxt``, copy in GitHub
+    haider8645/master-thesis at 3fce88b): the code layer ``ip2encode`` is linear (the
+    embedding), the second transposed conv keeps the paper's 4 maps (``deconv1``, 17x17 at
+    28x28) with its activation, and a 1x1 transposed conv (``deconv1neur``) merges them into
+    the C logits of the SigmoidCrossEntropyLoss.
+    ``activation="sigmoid"`` (the paper, seed 001: "a standard sigmoid activation function",
+    and the base network): sigmoid after every hidden layer.  ``"relu"``: ReLU after the
+    hidden layers.  In the paper network the embedding keeps the sigmoid either way: it
+    bounds h to (0, 1)^d, so E2 (eq 4) cannot grow with the embedding's scale (why that
+    matters: :mod:`nbclust.methods.dcae`).
     The decoder's last layer is linear: it returns
     logits, and the image is their sigmoid, fused into the cross-entropy (op
     ``bce_with_logits``, Caffe's SigmoidCrossEntropyLoss as in DCAE's base network) so that
     a saturated output keeps its gradient; ``DCAE.reconstruct`` applies the sigmoid.
     Weights (``init``): ``"matconvnet"``, :func:`matconvnet_xavier` (the paper's "Xavier
-    method" as MatConvNet, its toolbox, implements it), or ``"glorot"``, U(+-sqrt(6 / (fan_in +
-    fan_out))) (Glorot & Bengio, the paper's ref [16]).  Biases: zero (the paper), except that
+    method" as MatConvNet, its toolbox, implements it), ``"glorot"``, U(+-sqrt(6 / (fan_in +
+    fan_out))) (Glorot & Bengio, the paper's ref [16]), or ``"caffe"``, :func:`caffe_fillers`
+    (the base network's own fillers).  Biases: zero (the paper), except that
     in the ReLU network every layer followed by a ReLU starts with bias ``RELU_BIAS`` = 0.1,
     the usual guard against dead ReLUs ("a slightly positive initial bias to avoid dead
     neurons", 0.1: TensorFlow's Deep MNIST tutorial; Krizhevsky et al. 2012 used 1 for the
@@ -80,37 +122,34 @@ def dcae(image_shape, embedding_dim=10, hidden=250, *, activation="sigmoid", ini
     maps.  Half the step or an output bias at the logit of the mean pixel did not prevent the
     death; MatConvNet's bounds then let the encoder's 4-map conv die instead (2 of 20 seeds),
     which no seed of 0-9 showed with the sigmoid embedding (``docs/results.md``).
-
-    Known deviation: the paper's second transposed conv has 4 maps (17x17 at 28x28); its
-    base network (Turchenko & Luczak, Caffe) then merges them with a 1x1 transposed conv
-    ("deconv1neur").  Here the b x b transposed conv maps straight to C channels: with that
-    1x1 layer the 4 maps still died (``docs/results.md``).
     """
+    if network not in ("paper", "caffe"):
+        raise ValueError(f"network must be 'paper' or 'caffe', got {network!r}")
     if activation not in ("sigmoid", "relu"):
         raise ValueError(f"activation must be 'sigmoid' or 'relu', got {activation!r}")
-    if init not in ("glorot", "matconvnet"):
-        raise ValueError(f"init must be 'glorot' or 'matconvnet', got {init!r}")
+    if init not in ("glorot", "matconvnet", "caffe"):
+        raise ValueError(f"init must be 'glorot', 'matconvnet' or 'caffe', got {init!r}")
     kw = _kw(backend, dtype, rng)
     act = (lambda: nn.Sigmoid(**kw)) if activation == "sigmoid" else (lambda: nn.ReLU(**kw))
     C, H, W = image_shape
     (kh, ah, bh), (kw_, aw, bw) = dcae_kernels(H), dcae_kernels(W)
     feat = 4 * (H - 2 * (kh - 1)) * (W - 2 * (kw_ - 1))
-    enc = nn.Sequential(
-        nn.Conv2d(C, 8, (kh, kw_), **kw), act(),
-        nn.Conv2d(8, 4, (kh, kw_), **kw), act(),
-        nn.Flatten(**kw),
-        nn.Linear(feat, hidden, **kw), act(),
-        nn.Linear(hidden, embedding_dim, **kw), nn.Sigmoid(**kw),
-    )
-    dec = nn.Sequential(
-        nn.Linear(embedding_dim, hidden, **kw), act(),
-        nn.Reshape((hidden, 1, 1), **kw),
-        nn.ConvTranspose2d(hidden, 4, (ah, aw), **kw), act(),
-        nn.ConvTranspose2d(4, C, (bh, bw), **kw),  # logits: the sigmoid is in the loss
-    )
-    if init == "matconvnet":
-        for seq in (enc, dec):
+    enc = [nn.Conv2d(C, 8, (kh, kw_), **kw), act(), nn.Conv2d(8, 4, (kh, kw_), **kw), act(), nn.Flatten(**kw),
+           nn.Linear(feat, hidden, **kw), act(), nn.Linear(hidden, embedding_dim, **kw)]
+    code = enc[-1]
+    dec = [nn.Linear(embedding_dim, hidden, **kw), act(), nn.Reshape((hidden, 1, 1), **kw),
+           nn.ConvTranspose2d(hidden, 4, (ah, aw), **kw), act()]
+    if network == "paper":
+        enc.append(nn.Sigmoid(**kw))
+        dec.append(nn.ConvTranspose2d(4, C, (bh, bw), **kw))  # logits: the sigmoid is in the loss
+    else:
+        dec += [nn.ConvTranspose2d(4, 4, (bh, bw), **kw), act(), nn.ConvTranspose2d(4, C, 1, **kw)]
+    enc, dec = nn.Sequential(*enc), nn.Sequential(*dec)
+    for seq in (enc, dec):
+        if init == "matconvnet":
             matconvnet_xavier(seq, kw["rng"])
+        elif init == "caffe":
+            caffe_fillers(seq, kw["rng"], code_layer=code)
     if activation == "relu":  # a small positive bias keeps every ReLU unit alive at the start
         for seq in (enc, dec):
             for layer, nxt in zip(seq.layers, seq.layers[1:]):
@@ -144,8 +183,11 @@ def fcae_plan(height: int, width: int):
     return blocks, 160
 
 
-def fcae(image_shape, *, backend="cpu", dtype=None, rng=None):
+def fcae(image_shape, *, init="glorot", backend="cpu", dtype=None, rng=None):
     """DBC's fully convolutional auto-encoder (seed 002, Table 2), 1x1 feature layer.
+
+    Weights (``init``, the paper names none): ``"glorot"`` (nbclust's layer default) or ``"caffe"``,
+    Caffe's ``xavier`` filler of the first author's Caffe files (:func:`caffe_fillers`).
 
     Encoder: [conv -> BN -> ReLU -> max-pool 2] per block, conv (feature) -> BN -> ReLU -> flatten.
     Decoder, "totally reversed": reshape -> convT (feature kernel) -> BN -> ReLU, then per
@@ -173,7 +215,13 @@ def fcae(image_shape, *, backend="cpu", dtype=None, rng=None):
         dec += [nn.MaxUnpool2d(pools[i], **kw), nn.ConvTranspose2d(blocks[i][1], c_out, k, padding=p, **kw)]
         if i > 0:
             dec += [nn.BatchNorm2d(c_out, **kw), nn.ReLU(**kw)]
-    return nn.Sequential(*enc), nn.Sequential(*dec)
+    enc, dec = nn.Sequential(*enc), nn.Sequential(*dec)
+    if init == "caffe":
+        for seq in (enc, dec):
+            caffe_fillers(seq, kw["rng"])
+    elif init != "glorot":
+        raise ValueError(f"init must be 'glorot' or 'caffe', got {init!r}")
+    return enc, dec
 
 
 def dcec_sizes(side: int) -> tuple[int, int, int, bool]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust import optim
+from nbclust import nn, optim
 from nbclust.methods import architectures
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer, LearnedCentresMixin
 from nbclust.methods.clustering import target
@@ -51,11 +51,23 @@ from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import KMeansInit, Phase, ReconstructionPretraining
 from nbclust.optable import OPS
 
+CAFFE_MOMENTUM, CAFFE_WEIGHT_DECAY, CAFFE_BIAS_LR = 0.9, 1e-4, 2.0  # caffe-twns examples/mnist/lenet_tn*
+
 FCAE_PARAMS = COMMON_PARAMS + Params(
     Param("pretrain_epochs", int, 50, "stage I epochs: the FCAE's reconstruction training (Algorithm 1 line 1)",
           ge=0),
     Param("batch_size", int, 256, "mini-batch size", ge=1),
-    Param("lr", float, 1e-3, "Adam step size of stage I", gt=0),
+    Param("lr", float, 1e-3, "step size of stage I", gt=0),
+    Param("solver", str, "adam", "optimiser of stage I (and II): Adam, or Caffe's SGD as the first author's "
+          "Caffe files set it (momentum 0.9, weight decay 1e-4, bias step x2, Euclidean loss 1/2 sum)",
+          choices=("adam", "caffe")),
+    Param("init", str, "glorot", "FCAE weights: Glorot-uniform, or Caffe's xavier U(+-sqrt(3 / fan_in)) as the "
+          "first author's Caffe files", choices=("glorot", "caffe")),
+    Param("batch_order", str, "shuffle", "mini-batches drawn at random each epoch, or in the data's own order "
+          "every epoch (Caffe's LMDB data layer)", choices=("shuffle", "file")),
+    Param("feature_bn", str, "running", "batch norm when features are extracted: running statistics, or the "
+          "statistics of each batch of batch_size images in the data's order (Caffe's use_global_stats: false)",
+          choices=("running", "batch")),
     Param("n_init", int, 20, "k-means restarts on the stage I features (Algorithm 1 lines 2-3)", ge=1),
 )
 DBC_PARAMS = FCAE_PARAMS + Params(
@@ -72,6 +84,52 @@ DBC_PARAMS = FCAE_PARAMS + Params(
 )
 
 
+def caffe_sgd(modules, lr, extra=()) -> dict:
+    """Caffe's SGD as the first author's Caffe files set it (GitHub fengfu-chris/caffe-twns,
+    ``examples/mnist/lenet_tn.prototxt`` and ``lenet_tn_solver.prototxt``): momentum 0.9, weight
+    decay 1e-4 on every parameter (``decay_mult`` 1, Caffe's default), conv biases at twice the
+    step (``lr_mult: 2``).  Caffe's update v = m v - lr (g + wd w), w += v is torch's rule for a
+    fixed step.  ``extra``: more parameters at the base step (the centres mu)."""
+    base, biases = list(extra), []
+    for module in modules:
+        for layer in module.layers:
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                base.append(layer.weight)
+                biases.append(layer.bias)
+            else:
+                base += layer.parameters()
+    kw = dict(momentum=CAFFE_MOMENTUM, weight_decay=CAFFE_WEIGHT_DECAY)
+    return {"sgd": optim.SGD(base, lr, **kw), "sgd_bias": optim.SGD(biases, lr * CAFFE_BIAS_LR, **kw)}
+
+
+class FCAEPretraining(ReconstructionPretraining):
+    """Stage I, Algorithm 1 line 1: the FCAE on the Euclidean loss, with Adam or Caffe's SGD.
+
+    Adam minimises the mean of ||x - x^||^2 over pixels (the paper's sum up to a constant Adam
+    does not see); Caffe's SGD minimises Caffe's EuclideanLoss, 1/(2 N) sum_n ||x_n - x^_n||^2
+    (summed over pixels, averaged over the batch), so its gradient is P/2 times the mean's.
+    """
+
+    def optimizers(self, est):
+        if est.solver == "adam":
+            return super().optimizers(est)
+        return caffe_sgd((est.modules_["encoder"], est.modules_["decoder"]), est.lr)
+
+    def batches(self, est, n):
+        return est._ordered_batches(n)
+
+    def step(self, est, X, idx):
+        if est.solver == "adam":
+            return super().step(est, X, idx)
+        enc, dec = est.modules_["encoder"], est.modules_["decoder"]
+        x = X[est._backend.asarray(idx)]
+        loss, ctx = OPS.mse(est._backend, dec(enc(x)), x)
+        g, _ = ctx.backward()
+        half_pixels = est.n_features_in_ / 2.0
+        enc.backward(dec.backward(g * half_pixels), input_grad=False)
+        return {"mse": float(loss)}
+
+
 class BoostedSelfTraining(Phase):
     """Stage II, Algorithm 2: the encoder alone and the centres mu, trained on KL(R || S)."""
 
@@ -83,7 +141,12 @@ class BoostedSelfTraining(Phase):
         est._centres_as_parameter()
 
     def optimizers(self, est):
+        if est.solver == "caffe":
+            return caffe_sgd((est.modules_["encoder"],), est.cluster_lr, extra=[est._mu])
         return {"adam": optim.Adam(est.modules_["encoder"].parameters() + [est._mu], lr=est.cluster_lr)}
+
+    def batches(self, est, n):
+        return est._ordered_batches(n)
 
     def begin_epoch(self, est, X):
         S = est.soft_assign(est._embed_all(X))  # line 7, eq 1
@@ -97,6 +160,8 @@ class BoostedSelfTraining(Phase):
         r = b.asarray(est.target_[idx], est._dtype)
         loss, ctx = OPS.dbc_kl(b, z, est._mu.data, r, v=1.0)  # eq 3
         g_z, g_mu, _ = ctx.backward()  # eqs 4-5
+        if est.solver == "caffe":  # Caffe's losses average over the batch
+            g_z, g_mu = g_z / len(idx), g_mu / len(idx)
         enc.backward(g_z, input_grad=False)  # line 11
         est._mu.grad += g_mu
         return {"kl": float(loss) / len(idx)}
@@ -115,13 +180,39 @@ class FCAEKMeans(AutoencoderMixin, DeepClusterer):
 
     hyperparameters = FCAE_PARAMS
     phases = (
-        ReconstructionPretraining(),  # Algorithm 1 line 1
+        FCAEPretraining(),  # Algorithm 1 line 1
         KMeansInit(),  # Algorithm 1 lines 2-3: Z = f(X), mu = k-means centres
     )
     _min_size = 8
 
+    def _ordered_batches(self, n: int) -> list:
+        """Mini-batch indices: reshuffled each epoch, or the data's order (``batch_order="file"``)."""
+        if self.batch_order == "shuffle":
+            return self._batches(n)
+        return [np.arange(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+
+    def _embed_all(self, X, batch: int = 512) -> np.ndarray:
+        """Features of ``X``; with ``feature_bn="batch"`` every batch norm uses the statistics of
+        its own batch, consecutive batches of about ``batch_size`` images in the order of ``X``
+        (Caffe's BatchNorm with ``use_global_stats: false``, the first author's setting), and
+        the running statistics are left as they were."""
+        if self.feature_bn == "running":
+            return super()._embed_all(X, batch)
+        n = X.shape[0]
+        if n < 2:
+            raise ValueError("feature_bn='batch' needs at least 2 images (batch statistics)")
+        enc, b = self.modules_["encoder"], self._backend
+        kept = enc.state_dict()
+        enc.train()
+        try:
+            parts = np.array_split(np.arange(n), max(1, n // self.batch_size))
+            out = [b.to_numpy(self._embed(X[b.asarray(idx)])) for idx in parts]
+        finally:
+            enc.load_state_dict(kept)
+        return np.concatenate(out).astype(np.float64)
+
     def _build(self, image_shape):
-        enc, dec = architectures.fcae(image_shape, backend=self._backend.name, dtype=self._dtype,
+        enc, dec = architectures.fcae(image_shape, init=self.init, backend=self._backend.name, dtype=self._dtype,
                                       rng=self._seed())
         return {"encoder": enc, "decoder": dec}
 
@@ -139,7 +230,7 @@ class DBC(LearnedCentresMixin, FCAEKMeans):
         Attr("target_", "ndarray of shape (N, K)", "the target R of the last epoch (eq 2)"),
     )
     phases = (
-        ReconstructionPretraining(),  # stage I: Algorithm 1 line 1
+        FCAEPretraining(),  # stage I: Algorithm 1 line 1
         KMeansInit(),  # Algorithm 1 lines 2-3
         BoostedSelfTraining(),  # stage II: Algorithm 2
     )

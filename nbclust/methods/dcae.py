@@ -102,8 +102,13 @@ DCAE_PARAMS = COMMON_PARAMS + Params(
     Param("embedding_dim", int, 10, "size of the embedding h", ge=1),
     Param("activation", str, "relu", "hidden activations (the embedding is a sigmoid either way)",
           choices=("relu", "sigmoid"), paper="sigmoid"),
+    Param("network", str, "paper", "the paper's network (sigmoid embedding, b x b transposed conv to the image) or "
+          "its base network's Caffe files (linear code layer, 4-map b x b transposed conv, 1x1 merge)",
+          choices=("paper", "caffe")),
     Param("init", str, "matconvnet", "weights: MatConvNet's xavier, U(+-sqrt(3 / (kh kw in))) (the paper's "
-          "toolbox), or Glorot-uniform (its ref [16])", choices=("matconvnet", "glorot")),
+          "toolbox), Glorot-uniform (its ref [16]) or the base network's Caffe fillers (xavier on fan_in, "
+          "sparse N(0, 1) dense layers)", choices=("matconvnet", "glorot", "caffe")),
+    Param("bias_lr", float, 1.0, "step multiplier of the biases (the base network's Caffe files: blobs_lr 3)", gt=0),
     Param("center_update", str, "current", "eq 7 averages the new embeddings over the clusters eq 6 just "
           "found against the previous centres (a Lloyd step) or over those of the previous epoch",
           choices=("current", "previous")),
@@ -130,8 +135,12 @@ class EmbeddedKMeans(Phase):
     epochs = "epochs"
 
     def optimizers(self, est):
-        params = est.modules_["encoder"].parameters() + est.modules_["decoder"].parameters()
-        return {"sgd": optim.SGD(params, est.step_size(), momentum=est.momentum, weight_decay=est.weight_decay)}
+        named = est.modules_["encoder"].named_parameters() + est.modules_["decoder"].named_parameters()
+        weights = [p for n, p in named if not n.endswith("bias")]
+        biases = [p for n, p in named if n.endswith("bias")]
+        sgd = dict(momentum=est.momentum, weight_decay=est.weight_decay)  # MatConvNet's and Caffe's rule too
+        return {"sgd": optim.SGD(weights, est.step_size(), **sgd),
+                "sgd_bias": optim.SGD(biases, est.step_size() * est.bias_lr, **sgd)}
 
     def step(self, est, X, idx):
         enc, dec, b = est.modules_["encoder"], est.modules_["decoder"], est._backend
@@ -173,8 +182,9 @@ class DCAE(AutoencoderMixin, DeepClusterer):
     _min_size = 6
 
     def _build(self, image_shape):
-        enc, dec = architectures.dcae(image_shape, self.embedding_dim, activation=self.activation, init=self.init,
-                                      backend=self._backend.name, dtype=self._dtype, rng=self._seed())
+        enc, dec = architectures.dcae(image_shape, self.embedding_dim, network=self.network,
+                                      activation=self.activation, init=self.init, backend=self._backend.name,
+                                      dtype=self._dtype, rng=self._seed())
         return {"encoder": enc, "decoder": dec}
 
     def step_size(self) -> float:
