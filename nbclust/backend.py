@@ -33,6 +33,9 @@ class Backend:
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"
 
+    def __reduce__(self):  # pickled by name: the array module and the kernels are looked up again on load
+        return get_backend, (self.name,)
+
     @property
     def op_names(self) -> frozenset[str]:
         return frozenset(self._ops)
