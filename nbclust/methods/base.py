@@ -15,8 +15,11 @@ Declarations (class attributes)
                             its own begin / optimizers / step / end) and :class:`Step` objects
                             (one-off work such as a k-means initialisation).
     ``_model_free_params``  hyperparameters that may differ on resume (default
-                            ``("verbose", "backend")``).
+                            ``("verbose", "backend")``; besides them the table's
+                            ``Param(schedule=True)`` entries: caps, patiences, thresholds).
     ``_min_size``           smallest supported image side (ValueError below it).
+    ``_reads_vectors``      True if a 2-D (N, D) X is N feature vectors, read as the
+                            (N, 1, 1, D) map (DCTL); False (default): refused, images only.
 
 Hooks (``X`` is the whole training set on the backend, (N, C, H, W), dtype ``self._dtype``)
     ``_check_params()``                what the table cannot say (cross-parameter rules).
@@ -39,13 +42,27 @@ Mini-batches are drawn per epoch by ``self._rng.permutation``; the Generator's
 state is part of the training state, so a resumed fit replays the same batches.
 Draw every random number of a fit (dropout masks included) from ``self._rng``.
 
+Input (``_check_X``): the contract of :mod:`nbclust.methods.inputs`.  Images are read as
+intensities in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0 / 1, other integers only within
+0..255 (as 8-bit), floats only within [0, 1] (no estimator takes [-1, 1]: DEPICT maps [0, 1]
+onto it itself); anything else is refused with the way to scale it.  Feature vectors (with
+``_reads_vectors``) are taken as given.  NaN, Inf, sparse, complex, empty and 1-sample input
+are refused.
+
+Divergence: an epoch stops at the first non-finite loss term (before the optimisers step on
+it), array an optimiser wrote (parameters, moment buffers; ``Optimizer.touched``) or centre
+with :class:`DivergenceError` (a ``FloatingPointError``): ``"loss became NaN in epoch E of
+phase P; lower --lr"``.  The failing epoch never reaches ``callback``.
+
 Training state (``training_state()``, at an epoch boundary): arrays ``net.<module>.<key>``
 (parameters and buffers), ``attr.<name>`` (centres and the ``state="array"`` attributes),
 ``optim.<name>.<key>``; meta: class, hyperparameters, image shape, optimiser
 skeletons, the Generator state, phase / epoch counters, history, the ``state="meta"``
-attributes and the data fingerprint (shape + SHA-1 of a row subsample).  ``fit(...,
+attributes and the data fingerprint (shape + SHA-256 of the whole scaled data).  ``fit(...,
 resume=state)`` refuses (ValueError) another class, other hyperparameters (all but
-``_model_free_params``) and other data.  ``save``/``load`` store the model part only.
+``_model_free_params`` and the schedule-only ones, whose change is noted as ``"resumed"`` in
+the last history record before the resume) and other data ("the content differs").
+``save``/``load`` store the model part only; pickling stores the backend by its name.
 """
 
 from __future__ import annotations
