@@ -142,7 +142,7 @@ def test_clustering_stops_when_targets_or_labels_settle(stop, measure, tol):
 def test_defaults_are_bounded():
     """At most 100 + 50 + 100 epochs; the released caps and rule are an option."""
     est = DEPICT()
-    assert est.epoch_budget() == 250 and (est.stop, est.tol) == ("labels", 1e-3)
+    assert est.epoch_budget() == 250 and (est.stop, est.tol) == ("labels", 5e-3)
 
 
 def test_head_init_unit_and_distance():

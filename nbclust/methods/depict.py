@@ -50,7 +50,7 @@ Training, the released protocol (the step numbers of ``functions.py``):
    with the current targets (a fresh Adam 1e-4), then its clean predictions are
    recorded with the updated weights; at the end of the epoch the recorded P
    gives the next targets.  Training stops (``stop``, never after the first epoch,
-   which the released code compares with zeros) when fewer than ``tol`` (0.001) of
+   which the released code compares with zeros) when fewer than ``tol`` (0.005) of
    the hard assignments argmax_k P changed since the last epoch (``"labels"``, the
    default), or, as released, when the mean squared change of the targets falls
    below ``tol`` (``"targets"``, with ``tol=1e-7``); cap ``epochs`` (100; released 4000).
@@ -69,9 +69,14 @@ MNIST-test is such a file.
 Bounded defaults.  The released rule of step 4 cannot fire under the per-term dropout
 noise: the recorded P of every epoch carries the noise of that epoch's steps, so the targets'
 mean squared change settles at a floor (2e-5 on MNIST-test, 1-3e-5 on another 10000-image
-digit set) far above 1e-7 and training runs to the cap.  The rule on the hard assignments
-(DEC's and DCEC's, ``tol`` 0.001 as theirs) asks instead that the partition stop moving; noise
-that moves the probabilities without moving an argmax does not hold it up.  Likewise the held-out
+digit set, 1-3e-5 on sklearn's digits) far above 1e-7 and training runs to the cap.  The rule on
+the hard assignments (DEC's and DCEC's) asks instead that the partition stop moving; noise that
+moves the probabilities without moving an argmax does not hold it up, but the noise also flips a
+few images near a boundary every epoch.  Measured on sklearn's digits (defaults, seed 0, one
+thread, clustering run to 100 epochs with ``tol=0``): the fraction changed falls from 3.6% in the
+first epoch to 0.5% by epoch 20 and then stays at 0.1-0.8% (2-15 of 1797 images an epoch) for
+the remaining 80, so DEC's 0.1% lies at the floor and never fired there; ``tol`` = 0.5%, just
+above the floor, fires where the trend ends (epoch 24 of that run).  Likewise the held-out
 reconstruction of step 1 keeps improving slowly for hundreds of epochs (MNIST-test: 0.069 at
 epoch 90, still falling; the authors' checkpoint sits at 0.040), so the released patience does not
 fire on a CPU budget.  The caps (100 + 50 + 100 epochs instead of 4000 + 1000 + 4000) bound a
@@ -127,7 +132,7 @@ DEPICT_PARAMS = COMMON_PARAMS + Params(
     Param("stop", str, "labels", "stopping rule of step 4: fewer than tol of the hard assignments change between "
           "epochs (labels, DEC's rule) or the targets' mean squared change is below tol (targets, the released "
           "code, with tol=1e-7)", choices=("labels", "targets"), schedule=True),
-    Param("tol", float, 1e-3, "threshold of the stopping rule of step 4 (stop)", ge=0, lt=1, schedule=True),
+    Param("tol", float, 5e-3, "threshold of the stopping rule of step 4 (stop)", ge=0, lt=1, schedule=True),
     Param("validation_fraction", float, 0.1, "held-out share of the images for the stopping rules of steps 1 "
           "and 3", gt=0, lt=1),
 )
