@@ -128,7 +128,7 @@ Differences from the released code (all only in degenerate cases or in rounding)
 * With ``n0 <= n_clusters`` initial clusters the port prints "too few initial clusters"
   and still merges one pair (MATLAB stops with an error); here the n0 initial clusters
   are returned (a warning says so when n0 < n_clusters).
-* ``n_neighbors >= N`` uses the N - 1 other samples (what the port's slicing does).
+* ``n_neighbors >= N`` is refused (the port's slicing silently uses the N - 1 other samples).
   If every neighbour distance is 0 (all samples equal) the port divides by
   ``sigma^2 = 0``; here the weights are exp(0) = 1.
 * Rounding: the port's ``scipy.linalg.inv`` per pair and difference of path integrals
@@ -158,6 +158,8 @@ from numba.typed import List
 from scipy import sparse as sp
 from scipy.sparse.csgraph import connected_components
 from sklearn.base import BaseEstimator, ClusterMixin
+
+from nbclust.methods import inputs
 
 _SERIES_RTOL = 1e-17  # stop a Neumann series once its tail bound is below this (relative)
 _SERIES_ATOL = 1e-32  # ... or below this absolute bound on an affinity (S >= 1/N >= 1e-8 here)
@@ -844,7 +846,7 @@ def _is_real(v):
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
-class ACPIC(BaseEstimator, ClusterMixin):
+class ACPIC(ClusterMixin, BaseEstimator):
     """Agglomerative clustering via maximum incremental path integral (AC-PIC).
 
     The algorithm, its derivation and its differences from the released code are in the
@@ -857,7 +859,7 @@ class ACPIC(BaseEstimator, ClusterMixin):
     n_clusters : int, default 10
         Number of clusters to stop at (``groupNumber``).
     n_neighbors : int, default 20
-        K of the directed K-NN graph (``K``); values >= N use the N - 1 other samples.
+        K of the directed K-NN graph (``K``); must be below the number of samples N.
     a : float, default 1.0
         Multiplier of the bandwidth estimate, ``sigma^2 = a * mean K'-NN squared distance``.
     z : float, default 0.01
@@ -882,6 +884,7 @@ class ACPIC(BaseEstimator, ClusterMixin):
     n_initial_clusters_ : number of initial clusters (nearest-neighbour components).
     initial_labels_ : (N,) int64, the initial clusters, in their order.
     sigma2_ : the bandwidth sigma^2 after the doubling loop.
+    n_features_in_ : number of features of X.
     merges_ : (n_merges, 2) int64, the list positions (i < j) merged at every step.
     merge_affinities_ : (n_merges,) float64, the affinity of every merge (0.0 where no pair
         had a positive affinity).
@@ -901,19 +904,16 @@ class ACPIC(BaseEstimator, ClusterMixin):
 
     # -- validation ------------------------------------------------------------------
     def _check_X(self, X):
-        try:
-            X = np.asarray(X)
-        except Exception as exc:  # ragged lists and the like
-            raise ValueError(f"X must be a 2-D array of numbers: {exc}") from None
-        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_) \
-                or np.issubdtype(X.dtype, np.complexfloating):
-            raise ValueError(f"X must be a 2-D array of real numbers, got dtype {X.dtype}")
+        try:  # scikit-learn's checks and wording: no sparse, complex or string data; object arrays converted
+            X = inputs.numeric_array(X)
+        except ValueError as exc:
+            raise ValueError(f"X must be a 2-D array of real numbers: {' '.join(str(exc).split())}") from None
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
         if X.shape[0] < 2:
-            raise ValueError(f"ACPIC needs at least 2 samples, got {X.shape[0]}")
+            raise ValueError(f"ACPIC needs at least 2 samples, got {X.shape[0]} sample(s)")
         if X.shape[1] < 1:
-            raise ValueError("X has 0 features")
+            raise ValueError(f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required.")
         X = np.ascontiguousarray(X, dtype=np.float64)
         if not np.isfinite(X).all():
             raise ValueError("X contains NaN or Inf values")
@@ -922,8 +922,9 @@ class ACPIC(BaseEstimator, ClusterMixin):
     def _check_params(self, n):
         if not _is_int(self.n_clusters) or not 1 <= self.n_clusters <= n:
             raise ValueError(f"n_clusters must be an integer in [1, {n}], got {self.n_clusters!r}")
-        if not _is_int(self.n_neighbors) or self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be an integer >= 1, got {self.n_neighbors!r}")
+        if not _is_int(self.n_neighbors) or not 1 <= self.n_neighbors < n:
+            raise ValueError(f"n_neighbors must be an integer in [1, {n - 1}] (below the {n} samples), "
+                             f"got {self.n_neighbors!r}")
         if not _is_real(self.a) or not (math.isfinite(self.a) and self.a > 0):
             raise ValueError(f"a must be a finite number > 0, got {self.a!r}")
         if not _is_real(self.z) or not 0 < self.z < 1:
@@ -940,7 +941,7 @@ class ACPIC(BaseEstimator, ClusterMixin):
     # -- the algorithm ---------------------------------------------------------------
     def _graph(self, X):
         n = X.shape[0]
-        k = min(self.n_neighbors, n - 1)
+        k = self.n_neighbors
         ks = max(self.n_neighbors, 3) if self.sigma_neighbors is None else self.sigma_neighbors
         ks = min(ks, n - 1)
         p = min(self.init_neighbors, k)
@@ -969,6 +970,7 @@ class ACPIC(BaseEstimator, ClusterMixin):
         self._check_params(n)
         sig2, (optr, oidx, oval, iptr, iidx, ival), init_labels, n_init = self._graph(X)
         self.sigma2_ = sig2
+        self.n_features_in_ = int(X.shape[1])
         self.n_initial_clusters_ = int(n_init)
         self.initial_labels_ = init_labels
         if self.verbose:

@@ -50,6 +50,9 @@ class Backend:
             raise TypeError(f"{module.__name__} defines only one of {spec.name}_forward and {spec.name}_backward")
         return None if forward is None else Implementation(forward, backward)
 
+    def __reduce__(self):  # pickled by name: the array module and the kernels are looked up again on load
+        return get_backend, (self.name,)
+
     def implementation(self, spec: OpSpec) -> Implementation:
         """What runs ``spec`` here: the own implementation, else the reference's."""
         try:

@@ -1,9 +1,10 @@
 """``KMeansPixels`` and ``ACPICPixels``: the baselines behind ``--method kmeans`` and ``--method acpic``.
 
 sklearn ``KMeans`` (k-means++ init, ``n_init=20`` restarts, the best inertia kept) on the
-flattened images scaled to [0, 1] (uint8 / 255), or on a feature matrix (N, D) as given
-(``--features``: :meth:`features_input` keeps it flat) or, with ``input_scale="minmax"``, scaled per
-feature exactly as DCTL scales it, so that the two are compared on the same input.  It follows the estimator contract
+flattened images read on the input contract (:mod:`nbclust.methods.inputs`: in [0, 1], uint8 /
+255), or on a feature matrix (N, D) as given (``--features``: :meth:`features_input` keeps it flat) or, with
+``input_scale="minmax"``, scaled per feature exactly as DCTL scales it, so that the two are compared on the
+same input.  It follows the estimator contract
 where it applies: one "cluster" epoch reported through ``callback``, ``labels_``,
 ``cluster_centers_`` (in pixel space, the embedding), ``transform``, ``predict``,
 ``save``/``load``; there is no training state to checkpoint.  ``ACPICPixels`` is the same
@@ -17,8 +18,10 @@ import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError
 
 from nbclust.io import load_state, save_state
+from nbclust.methods import inputs
 from nbclust.methods.clustering import nearest
 from nbclust.methods.params import ANY, COMMON_PARAMS, Declared, Param, Params
 from nbclust.scaling import minmax_apply, minmax_statistics
@@ -42,36 +45,48 @@ ACPIC_PARAMS = Params(
 )
 
 
-class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
+class KMeansPixels(Declared, ClusterMixin, TransformerMixin, BaseEstimator):
     """sklearn ``KMeans`` on the flattened pixels (scaled to [0, 1]) or on a feature matrix (N, D)."""
 
     hyperparameters = KMEANS_PARAMS
 
-    @staticmethod
-    def _flat(X):
-        X = np.asarray(X)
-        if X.ndim not in (2, 3, 4) or X.shape[0] == 0:
-            raise ValueError(f"X must have shape (N, D), (N, H, W) or (N, C, H, W) with N > 0, got {X.shape}")
-        Z = X.reshape(X.shape[0], -1).astype(np.float64)
-        if X.dtype == np.uint8:
-            Z /= 255.0
-        if not np.isfinite(Z).all():
-            raise ValueError("X contains NaN or Inf values")
-        return Z
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # images (N, H, W), also (N, C, H, W)
+        return tags
+
+    def _flat(self, X, *, fitted=True):
+        """(N, n_features) float64: images on the input contract (:mod:`nbclust.methods.inputs`), a feature
+        matrix (N, D) as given; and the shape of one sample."""
+        name = type(self).__name__
+        if fitted and getattr(self, "cluster_centers_", None) is None:
+            raise NotFittedError(f"this {name} is not fitted yet; call fit first")
+        shapes = "(N, D), (N, H, W) or (N, C, H, W)"
+        X = inputs.checked(X, shapes, "X.reshape(1, -1) for one sample")
+        if X.ndim > 4:
+            raise ValueError(f"X must have shape {shapes}, got {X.ndim}-D data of shape {X.shape}")
+        Z = np.asarray(X, dtype=np.float64) if X.ndim == 2 else inputs.image_scale(X, np.float64)
+        shape, Z = tuple(int(s) for s in X.shape[1:]), Z.reshape(len(X), -1)
+        if fitted:
+            if Z.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {Z.shape[1]} features, but {name} is expecting "
+                                 f"{self.n_features_in_} features as input")
+        return Z, shape
 
     def fit(self, X, y=None, *, callback=None, resume=None):
         from nbclust.metrics import ari, cluster_acc, nmi
 
         if resume is not None:
             raise ValueError(f"{type(self).__name__} has no training state to resume from")
-        Z = self._flat(X)
-        if not isinstance(self.n_clusters, (int, np.integer)) or not 2 <= self.n_clusters <= len(Z):
-            raise ValueError(f"n_clusters must be an integer in [2, {len(Z)}], got {self.n_clusters!r}")
+        Z, shape = self._flat(X, fitted=False)
+        if not isinstance(self.n_clusters, (int, np.integer)) or not 1 <= self.n_clusters <= len(Z):
+            raise ValueError(f"n_clusters must be an integer in [1, {len(Z)}], got {self.n_clusters!r}")
         self._validate_hyperparameters()
-        Z = self._scaled(X, Z, fit=True)
+        Z = self._scaled(Z, len(shape) == 1, fit=True)
         t0 = time.perf_counter()
         record = {"phase": "cluster", "epoch": 1, **self._cluster(Z)}
-        self.image_shape_ = tuple(np.shape(X)[1:])
+        self.image_shape_ = shape
+        self.n_features_in_ = int(Z.shape[1])
         record["seconds"] = time.perf_counter() - t0
         if y is not None:
             record.update(acc=cluster_acc(y, self.labels_), nmi=nmi(y, self.labels_), ari=ari(y, self.labels_))
@@ -80,10 +95,10 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
             callback(self, record)
         return self
 
-    def _scaled(self, X, Z, *, fit=False):
-        """The flat data ``Z`` of ``X``, min-max scaled per feature where ``X`` is a feature matrix and
+    def _scaled(self, Z, is_matrix, *, fit=False):
+        """``Z`` min-max scaled per feature where the input is a feature matrix and
         ``input_scale="minmax"`` (statistics of the training data, :mod:`nbclust.scaling`)."""
-        if np.ndim(X) != 2 or getattr(self, "input_scale", "none") == "none":  # ACPICPixels: no scaling
+        if not is_matrix or getattr(self, "input_scale", "none") == "none":  # ACPICPixels: no scaling
             return Z
         if fit:
             self.input_min_, self.input_range_ = minmax_statistics(Z)
@@ -105,7 +120,8 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
 
     def transform(self, X):
         """The flattened [0, 1] pixels, or the (scaled) feature matrix (the space k-means works in)."""
-        return self._scaled(X, self._flat(X))
+        Z, shape = self._flat(X)
+        return self._scaled(Z, len(shape) == 1)
 
     def predict(self, X):
         return nearest(self.transform(X), self.cluster_centers_)
@@ -126,6 +142,7 @@ class KMeansPixels(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         est.cluster_centers_, est.labels_ = arrays["cluster_centers_"], arrays["labels_"]
         est.input_min_, est.input_range_ = arrays.get("input_min_"), arrays.get("input_range_")
         est.image_shape_ = tuple(meta["image_shape"])
+        est.n_features_in_ = int(est.cluster_centers_.shape[1])
         return est
 
 

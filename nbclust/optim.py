@@ -54,6 +54,10 @@ class Optimizer:
         for p, state in zip(self.params, self.state):
             self._update(p, state)
 
+    def touched(self) -> list:
+        """The arrays a step writes: the parameters and their buffers (a diverging fit shows there first)."""
+        return [p.data for p in self.params] + [v for state in self.state for v in state.values()]
+
     def _update(self, p: Parameter, state: dict) -> None:
         raise NotImplementedError
 
@@ -191,7 +195,7 @@ class RowAdam:
         self.exp_avg_sq = np.zeros_like(data)
         self.row_steps = np.zeros(data.shape[0], dtype=np.int64)
         self.step_count = 0
-        self._pending = None
+        self._pending = self._last = None
 
     def zero_grad(self) -> None:
         self._pending = None
@@ -204,7 +208,7 @@ class RowAdam:
         if self._pending is None:
             return
         idx, g = self._pending
-        self._pending = None
+        self._pending, self._last = None, idx
         self.step_count += 1
         xp = _array_module(self.data)
         b1, b2, dtype = self.beta1, self.beta2, self.data.dtype
@@ -217,6 +221,11 @@ class RowAdam:
         bc2 = xp.asarray(np.sqrt(1 - b2**t), dtype=dtype)[:, None]
         new = self.data[idx] - (self.lr / bc1) * m / (xp.sqrt(v) / bc2 + self.eps)
         self.data[idx] = new if self.low is None else xp.maximum(new, self.low)
+
+    def touched(self) -> list:
+        """The rows of the array and of its moments that the last step wrote."""
+        idx = self._last
+        return [] if idx is None else [self.data[idx], self.exp_avg[idx], self.exp_avg_sq[idx]]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         out = {k: np.array(getattr(self, k), dtype=np.float64) for k in self.hyper}

@@ -219,7 +219,7 @@ _X = np.random.default_rng(0).random((30, 3))
     (_X, dict(n_clusters=31), r"n_clusters must be an integer in \[1, 30\], got 31"),
     (_X, dict(n_clusters=2.0), r"n_clusters must be an integer"),
     (_X, dict(n_clusters=True), r"n_clusters must be an integer"),
-    (_X, dict(n_neighbors=0), r"n_neighbors must be an integer >= 1, got 0"),
+    (_X, dict(n_neighbors=0), r"n_neighbors must be an integer in \[1, 29\] \(below the 30 samples\), got 0"),
     (_X, dict(a=0.0), r"a must be a finite number > 0"),
     (_X, dict(a=float("inf")), r"a must be a finite number > 0"),
     (_X, dict(z=1.0), r"z must be a number with 0 < z < 1, got 1.0"),
@@ -233,10 +233,11 @@ _X = np.random.default_rng(0).random((30, 3))
     (_X.ravel(), {}, r"X must be 2-D \(n_samples, n_features\), got shape \(90,\)"),
     (_X[None], {}, r"X must be 2-D"),
     (_X[:1], dict(n_clusters=1), r"ACPIC needs at least 2 samples, got 1"),
-    (_X[:, :0], {}, r"X has 0 features"),
+    (_X[:, :0], {}, r"X has 0 feature\(s\) \(shape=\(30, 0\)\) while a minimum of 1 is required"),
     (_X.astype(complex), {}, r"real numbers"),
     (np.array([["a", "b"], ["c", "d"]]), dict(n_clusters=1), r"real numbers"),
-    (np.array([[1e200, 0], [-1e200, 0], [0, 1], [0, 2]]), dict(n_clusters=1), r"overflow"),
+    (np.array([[1e200, 0], [-1e200, 0], [0, 1], [0, 2]]), dict(n_clusters=1, n_neighbors=3), r"overflow"),
+    (_X, dict(n_neighbors=30), r"n_neighbors must be an integer in \[1, 29\] \(below the 30 samples\), got 30"),
 ])
 def test_validation(X, params, match):
     with pytest.raises(ValueError, match=match):
@@ -293,10 +294,10 @@ def test_duplicates_and_zero_distances():
 
 def test_all_samples_identical():
     X = np.ones((12, 3))
-    est = ACPIC(n_clusters=1).fit(X)
+    est = ACPIC(n_clusters=1, n_neighbors=5).fit(X)
     assert (est.labels_ == 0).all() and np.isfinite(est.sigma2_)
     with pytest.warns(UserWarning):
-        est = ACPIC(n_clusters=2).fit(X)  # one initial cluster (everyone's nearest is sample 0/1)
+        est = ACPIC(n_clusters=2, n_neighbors=5).fit(X)  # one initial cluster (everyone's nearest is sample 0/1)
     assert (est.labels_ == 0).all()
 
 
@@ -304,17 +305,19 @@ def test_all_samples_identical():
 @pytest.mark.parametrize("n, k", [(2, 1), (2, 2), (3, 1), (3, 2), (5, 2)])
 def test_tiny_inputs(n, k):
     X = np.arange(n * 2, dtype=float).reshape(n, 2) ** 1.5
-    est = ACPIC(n_clusters=k).fit(X)
+    est = ACPIC(n_clusters=k, n_neighbors=n - 1).fit(X)
     assert est.labels_.shape == (n,)
     assert len(np.unique(est.labels_)) == min(k, est.n_initial_clusters_)
 
 
-def test_n_neighbors_beyond_n_uses_all_other_samples():
+def test_n_neighbors_must_be_below_n():
+    """The port silently used the N - 1 other samples (the CLI ran 198 s for --n-neighbors 5000 on 1797
+    images); the graph needs n_neighbors < N, so anything else is refused in one line."""
     X = np.random.default_rng(9).random((15, 2))
-    a = ACPIC(n_clusters=2, n_neighbors=100).fit(X)
-    b = ACPIC(n_clusters=2, n_neighbors=14).fit(X)
-    np.testing.assert_array_equal(a.labels_, b.labels_)
-    assert a.sigma2_ == b.sigma2_
+    assert ACPIC(n_clusters=2, n_neighbors=14).fit(X).labels_.shape == (15,)
+    with pytest.raises(ValueError) as info:
+        ACPIC(n_clusters=2, n_neighbors=100).fit(X)
+    assert str(info.value) == "n_neighbors must be an integer in [1, 14] (below the 15 samples), got 100"
 
 
 def test_int_and_float32_input():

@@ -127,13 +127,22 @@ def test_warmup_restores_the_best_validation_nmi_and_starts_from_given_labels():
     assert cluster_acc(y, est.labels_) >= 0.95
 
 
-def test_clustering_stops_when_targets_settle():
+@pytest.mark.parametrize("stop,measure,tol", [("targets", "target_mse", 1e-3), ("labels", "changed", 0.02)])
+def test_clustering_stops_when_targets_or_labels_settle(stop, measure, tol):
+    """stop="targets" (released): the targets' mean squared change below tol; "labels" (default): the
+    fraction of changed hard assignments below tol; never after the first epoch."""
     x, y = _blobs()
-    est = DEPICT(3, random_state=0, init=y, pretrain_epochs=3, warmup_epochs=2, epochs=200, tol=1e-3,
+    est = DEPICT(3, random_state=0, init=y, pretrain_epochs=3, warmup_epochs=2, epochs=200, stop=stop, tol=tol,
                  batch_size=20, lr=1e-3).fit(x)
-    cl = [h["target_mse"] for h in est.history_ if h["phase"] == "cluster"]
-    assert len(cl) < 200 and cl[-1] < 1e-3
-    assert all(c >= 1e-3 for c in cl[1:-1])  # stops at the first settled epoch after the first
+    cl = [h[measure] for h in est.history_ if h["phase"] == "cluster"]
+    assert len(cl) < 200 and cl[-1] < tol
+    assert all(c >= tol for c in cl[1:-1])  # stops at the first settled epoch after the first
+
+
+def test_defaults_are_bounded():
+    """At most 100 + 50 + 100 epochs; the released caps and rule are an option."""
+    est = DEPICT()
+    assert est.epoch_budget() == 250 and (est.stop, est.tol) == ("labels", 5e-3)
 
 
 def test_head_init_unit_and_distance():

@@ -1,16 +1,25 @@
 """The estimator contract for every estimator in ``nbclust.methods.ESTIMATORS``.
 
-sklearn conventions, determinism, predict/transform, save/load, validation errors,
-callback records, and resume from a mid-fit training state.
+sklearn conventions (``check_estimator``, clone, pickling), determinism, predict/transform,
+save/load, the input contract, validation errors, callback records, divergence, and resume
+from a mid-fit training state.
 """
 
+import copy
+import pickle
+
+import joblib
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import clone, is_clusterer
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from nbclust.acpic import ACPIC
+from nbclust.baseline import ACPICPixels, KMeansPixels
 from nbclust.io import load_state, save_state
 from nbclust.methods import ESTIMATORS, available
-from nbclust.methods.base import DeepClusterer
+from nbclust.methods.base import DeepClusterer, DivergenceError, expected_failed_checks
 from test_methods_a import toy_images
 
 CLASSES = available()
@@ -136,7 +145,7 @@ def test_resume_mismatch_is_refused(name, data, fitted):
 
 
 BAD_PARAMS = [
-    ("n_clusters", 1), ("n_clusters", 1000), ("lr", -0.1), ("lr", 0), ("epochs", -1),
+    ("n_clusters", 0), ("n_clusters", 1000), ("lr", -0.1), ("lr", 0), ("epochs", -1),
     ("pretrain_epochs", -1), ("batch_size", 0), ("alpha", 1.0), ("normalization", "foo"),
     ("tol", -1.0), ("backend", "foo"), ("lam", -1.0), ("gamma", -1.0), ("n_init", 0),
 ]
@@ -150,7 +159,7 @@ def test_invalid_hyperparameters(name, param, value, data):
     X, _ = data
     est = tiny(name)
     est.set_params(**{param: value})  # accepted by set_params, refused by fit
-    with pytest.raises(ValueError, match=param if param != "n_clusters" or value < 2 else "n_clusters"):
+    with pytest.raises(ValueError, match=param):
         est.fit(X)
 
 
@@ -161,8 +170,11 @@ def test_invalid_inputs(name, data):
     bad = X.astype(np.float32) / 255
     bad[0, 0, 0] = np.nan
     cases = [
-        (X[0], "shape"), (X[:, None, None], "shape"), (bad, "NaN"),
-        (np.zeros((4, 3, 3), np.uint8), "too small"), (X[:0], "empty"),
+        (X[0, 0], "Reshape your data"), (X[:, None, None], "shape"), (bad, "NaN"),
+        (np.zeros((4, 3, 3), np.uint8), "too small"), (X[:0], "empty"), (X[:1], "1 sample"),
+        (X.astype(complex), "Complex data not supported"), (X.astype(np.int64) * 1000, r"\[0, 255000\]"),
+        (X.astype(np.float32), r"float images must lie in \[0, 1\]; divide 8-bit data by 255"),
+        (X / 255.0 - 0.5, r"float images must lie in \[0, 1\]; rescale it"),
     ]
     for Xb, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -174,7 +186,7 @@ def test_invalid_inputs(name, data):
 @pytest.mark.parametrize("name", NAMES)
 def test_predict_before_fit_and_wrong_shape(name, data, fitted):
     X, _ = data
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         tiny(name).predict(X)
     est, _, _ = fitted(name)
     with pytest.raises(ValueError, match="image shape"):
@@ -203,3 +215,181 @@ def test_reconstruct_only_for_autoencoders(name, data, fitted):
         assert rec.shape == (5, 1, *X.shape[1:]) and np.isfinite(rec).all()
         # a decoder that ignored its input would give the same image for every sample
         assert np.ptp(rec, axis=0).max() > 0
+
+
+# ------------------------------------------------------------------ scikit-learn's checks
+def _check_estimator_instances():
+    """Every estimator at tiny settings (``ACPIC`` with 3 neighbours: the checks fit 10-100 samples)."""
+    out = [tiny(name) for name in NAMES]
+    return out + [KMeansPixels(3, n_init=2), ACPICPixels(3, n_neighbors=3), ACPIC(3, n_neighbors=3)]
+
+
+@parametrize_with_checks(_check_estimator_instances(), expected_failed_checks=expected_failed_checks)
+def test_sklearn_check_estimator(estimator, check):
+    """scikit-learn's check_estimator; the image-only estimators' expected failures are the checks that
+    fit a 2-D (N, D) matrix (``expected_failed_checks`` says why), the same contract on images is below."""
+    check(estimator)
+
+
+@pytest.mark.parametrize("est", _check_estimator_instances(), ids=lambda e: type(e).__name__)
+def test_is_clusterer_and_transformer(est):
+    assert is_clusterer(est)
+    assert hasattr(est, "fit_predict") and (hasattr(est, "transform") or isinstance(est, ACPIC))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pickle_deepcopy_joblib_round_trip(name, data, fitted, tmp_path):
+    """Fitted estimators round-trip with identical predict and transform (the backend by its name)."""
+    X, _ = data
+    est, _, _ = fitted(name)
+    joblib.dump(est, tmp_path / "est.joblib")
+    copies = [pickle.loads(pickle.dumps(est)), copy.deepcopy(est), joblib.load(tmp_path / "est.joblib")]
+    for back in copies:
+        assert back._backend is est._backend  # re-resolved, not a copy of a module
+        np.testing.assert_array_equal(back.predict(X), est.predict(X))
+        np.testing.assert_array_equal(back.transform(X), est.transform(X))
+        np.testing.assert_array_equal(back.labels_, est.labels_)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict_invariant_to_subsets_and_order(name, data, fitted):
+    """check_methods_subset_invariance / sample_order_invariance, on images."""
+    X, _ = data
+    est, _, _ = fitted(name)
+    full = est.predict(X)
+    np.testing.assert_array_equal(np.concatenate([est.predict(X[i:i + 1]) for i in range(len(X))]), full)
+    perm = np.random.default_rng(0).permutation(len(X))
+    np.testing.assert_array_equal(est.predict(X[perm]), full[perm])
+    np.testing.assert_allclose(est.transform(X[perm]), est.transform(X)[perm], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_sets_only_private_or_fitted_attributes(name, data):
+    """check_dont_overwrite_parameters and check_n_features_in, on images."""
+    X, _ = data
+    est = tiny(name)
+    before = dict(est.__dict__)
+    est.fit(X)
+    added = [k for k in est.__dict__ if k not in before and not (k.startswith("_") or k.endswith("_"))]
+    assert not added
+    assert all(est.__dict__[k] is v for k, v in before.items())
+    assert est.n_features_in_ == X.shape[1] * X.shape[2]
+
+
+# ------------------------------------------------------------------ the input contract
+def _labels(name, X):
+    return tiny(name).fit(X).labels_
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_input_scale_by_dtype(name, data):
+    """uint8 / 255, uint16 / 65535, other integers within 0..255 as 8-bit, floats in [0, 1] as given:
+    the same pixels give the same labels in every dtype."""
+    X, _ = data
+    want = _labels(name, X)
+    for same in (X.astype(np.uint16) * 257, X.astype(np.int64), X.astype(np.float32) / np.float32(255)):
+        np.testing.assert_array_equal(_labels(name, same), want, err_msg=str(same.dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_2d_input(name, data):
+    """A feature matrix (N, D) is N vectors for the estimators that read vectors (like (N, 1, 1, D)),
+    refused with the reason by those that convolve images."""
+    X, _ = data
+    F = X.reshape(len(X), -1).astype(np.float64) * 3.0 - 100.0  # features: any finite values
+    if not CLASSES[name]._reads_vectors:
+        with pytest.raises(ValueError, match=f"2-D data of shape .*{name} clusters images"):
+            tiny(name).fit(F)
+        return
+    est = tiny(name).fit(F)
+    np.testing.assert_array_equal(est.labels_, tiny(name).fit(F[:, None, None, :]).labels_)
+    np.testing.assert_array_equal(est.predict(F), est.labels_)
+    with pytest.raises(ValueError, match=f"X has 63 features, but {name} is expecting 64 features as input"):
+        est.predict(F[:, 1:])
+
+
+@pytest.mark.parametrize("cls", [KMeansPixels, ACPICPixels])
+def test_baselines_input_contract(cls, data):
+    X, _ = data
+    est = cls(3, random_state=0)
+    want = est.fit(X).labels_
+    np.testing.assert_array_equal(cls(3, random_state=0).fit(X.astype(np.uint16) * 257).labels_, want)
+    with pytest.raises(ValueError, match="divide 8-bit data by 255"):
+        cls(3).fit(X.astype(np.float64))
+    F = X.reshape(len(X), -1) * 3.0 - 100.0  # a feature matrix: as given
+    np.testing.assert_array_equal(cls(3, random_state=0).fit(F).labels_, want)
+    with pytest.raises(NotFittedError):
+        cls(3).predict(X)
+
+
+# ------------------------------------------------------------------ divergence
+@pytest.mark.parametrize("name", NAMES)
+def test_huge_step_stops_at_once(name, data):
+    """lr = 1e8: the fit stops in its first epoch with DivergenceError (a FloatingPointError), and no
+    epoch reaches the callback."""
+    X, y = data
+    records = []
+    with pytest.raises(FloatingPointError,
+                       match=r"^(loss|training state) became (NaN|inf) in epoch 1 of phase \w+; lower --lr$") as info:
+        tiny(name, lr=1e8).fit(X, y, callback=lambda est, r: records.append(r))
+    assert isinstance(info.value, DivergenceError) and info.value.epoch == 1 and records == []
+
+
+def test_dcae_divergence_message(data):
+    X, _ = data
+    with pytest.raises(DivergenceError) as info:
+        tiny("DCAE", lr=1e8).fit(X)
+    assert str(info.value) == "loss became NaN in epoch 1 of phase cluster; lower --lr"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_divergence_keeps_the_last_good_state(name, data):
+    """A step blown up in epoch 2 stops the fit there; the callback's last state is epoch 1's, finite,
+    and resumes (with the step back) to the labels of an undisturbed fit."""
+    X, y = data
+    states = []
+
+    def callback(est, record):
+        states.append(est.training_state())
+        for opt in est.optimizers_.values():
+            opt.lr = 1e12  # from epoch 2 on
+
+    with pytest.raises(DivergenceError, match="in epoch 2 of phase") as info:
+        tiny(name).fit(X, y, callback=callback)
+    assert info.value.epoch == 2 and len(states) == 1
+    arrays, meta = states[0]
+    assert meta["epoch"] == 1 and all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+    resumed = tiny(name).fit(X, y, resume=states[0])
+    np.testing.assert_array_equal(resumed.labels_, tiny(name).fit(X, y).labels_)
+
+
+# ------------------------------------------------------------------ resume: data identity, schedule
+@pytest.mark.parametrize("name", ["DCAE", "DCTL"])
+def test_resume_checks_the_whole_content(name, data, fitted):
+    """One changed pixel anywhere is another data set ("content differs"); an equal copy is the same."""
+    X, y = data
+    _, _, states = fitted(name)
+    changed = X.copy()
+    changed[len(X) // 2 + 1, 3, 3] ^= 1  # a row between the ones a subsample would hash
+    with pytest.raises(ValueError, match=r"other data: the content differs \(same shape \(36, 1, 8, 8\)\)"):
+        tiny(name).fit(changed, resume=states[0])
+    with pytest.raises(ValueError, match=r"other data: shape \(36, 1, 8, 8\), not \(35, 1, 8, 8\)"):
+        tiny(name).fit(X[:35], resume=states[0])
+    tiny(name).fit(X.copy(), resume=states[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resume_with_changed_schedule(name, data, fitted):
+    """Caps, patiences and stopping thresholds may change on resume (noted in history_); the rest may not."""
+    X, y = data
+    est, records, states = fitted(name)
+    schedule = CLASSES[name].hyperparameters.schedule
+    assert "epochs" in schedule or "pretrain_epochs" in schedule
+    changes = {k: est.get_params()[k] + 1 for k in schedule if k.endswith("epochs")}
+    resumed = tiny(name, **changes).fit(X, y, resume=states[0])
+    note = resumed.history_[0]["resumed"]
+    assert note == "; ".join(f"{k} {v - 1} -> {v}" for k, v in sorted(changes.items()))
+    assert len(resumed.history_) > len(records)  # the raised caps ran more epochs
+    model = next(k for k in ("lr", "batch_size") if k not in schedule)
+    with pytest.raises(ValueError, match=f"hyperparameters: {model} differ"):
+        tiny(name, **{model: est.get_params()[model] * 2}).fit(X, resume=states[0])

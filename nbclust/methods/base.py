@@ -15,8 +15,11 @@ Declarations (class attributes)
                             its own begin / optimizers / step / end) and :class:`Step` objects
                             (one-off work such as a k-means initialisation).
     ``_model_free_params``  hyperparameters that may differ on resume (default
-                            ``("verbose", "backend")``).
+                            ``("verbose", "backend")``; besides them the table's
+                            ``Param(schedule=True)`` entries: caps, patiences, thresholds).
     ``_min_size``           smallest supported image side (ValueError below it).
+    ``_reads_vectors``      True if a 2-D (N, D) X is N feature vectors, read as the
+                            (N, 1, 1, D) map (DCTL); False (default): refused, images only.
 
 Hooks (``X`` is the whole training set on the backend, (N, C, H, W), dtype ``self._dtype``)
     ``_check_params()``                what the table cannot say (cross-parameter rules).
@@ -39,34 +42,50 @@ Mini-batches are drawn per epoch by ``self._rng.permutation``; the Generator's
 state is part of the training state, so a resumed fit replays the same batches.
 Draw every random number of a fit (dropout masks included) from ``self._rng``.
 
+Input (``_check_X``): the contract of :mod:`nbclust.methods.inputs`.  Images are read as
+intensities in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0 / 1, other integers only within
+0..255 (as 8-bit), floats only within [0, 1] (no estimator takes [-1, 1]: DEPICT maps [0, 1]
+onto it itself); anything else is refused with the way to scale it.  Feature vectors (with
+``_reads_vectors``) are taken as given.  NaN, Inf, sparse, complex, empty and 1-sample input
+are refused.
+
+Divergence: an epoch stops at the first non-finite loss term (before the optimisers step on
+it), array an optimiser wrote (parameters, moment buffers; ``Optimizer.touched``) or centre
+with :class:`DivergenceError` (a ``FloatingPointError``): ``"loss became NaN in epoch E of
+phase P; lower --lr"``.  The failing epoch never reaches ``callback``.
+
 Training state (``training_state()``, at an epoch boundary): arrays ``net.<module>.<key>``
 (parameters and buffers), ``attr.<name>`` (centres and the ``state="array"`` attributes),
 ``optim.<name>.<key>``; meta: class, hyperparameters, image shape, optimiser
 skeletons, the Generator state, phase / epoch counters, history, the ``state="meta"``
-attributes and the data fingerprint (shape + SHA-1 of a row subsample).  ``fit(...,
+attributes and the data fingerprint (shape + SHA-256 of the whole scaled data).  ``fit(...,
 resume=state)`` refuses (ValueError) another class, other hyperparameters (all but
-``_model_free_params``) and other data.  ``save``/``load`` store the model part only.
+``_model_free_params`` and the schedule-only ones, whose change is noted as ``"resumed"`` in
+the last history record before the resume) and other data ("the content differs").
+``save``/``load`` store the model part only; pickling stores the backend by its name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError
 
 from nbclust.backend import check_backend_name, get_backend
 from nbclust.io import load_state, save_state
-from nbclust.methods import clustering
+from nbclust.methods import clustering, inputs
 from nbclust.methods.params import COMMON_PARAMS, Attr, Declared
 from nbclust.methods.phases import Phase, Step
 
 _REGISTRY: dict[str, type] = {}
 
 
-class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
+class DeepClusterer(Declared, ClusterMixin, TransformerMixin, BaseEstimator):
     """Base of the deep clustering estimators; see the module docstring for the subclass API."""
 
     hyperparameters = COMMON_PARAMS
@@ -84,6 +103,8 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
     _state_meta: tuple = ()
     _model_free_params = ("verbose", "backend")
     _min_size = 8
+    _reads_vectors = False  # whether a 2-D (N, D) X is N feature vectors (read as (N, 1, 1, D)) or refused
+    _vector_min = 1  # features of a vector input
     _dtype = np.float32
 
     def __init_subclass__(cls, **kwargs):
@@ -91,6 +112,13 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         _REGISTRY[cls.__name__] = cls
         cls._state_attrs = tuple(a.name for a in cls._all_attributes if a.state == "array")
         cls._state_meta = tuple(a.name for a in cls._all_attributes if a.state == "meta")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # images (N, H, W), also (N, C, H, W)
+        # two_d_array stays True for the image-only methods too, so that check_estimator runs the checks
+        # that apply to them; the others are listed by expected_failed_checks
+        return tags
 
     # ------------------------------------------------------------------ hooks
     def _check_params(self):
@@ -116,38 +144,43 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         self._check_params()
 
     def _check_X(self, X, *, fitted=False) -> np.ndarray:
-        """(N, C, H, W) float array in [0, 1]-ish scale: uint8 / 255, floats checked finite."""
-        X = np.asarray(X) if not isinstance(X, np.ndarray) else X
-        if X.ndim not in (3, 4):
-            raise ValueError(f"X must have shape (N, H, W) or (N, C, H, W), got {X.ndim}-D data of shape {X.shape}")
-        if X.shape[0] == 0:
-            raise ValueError("X is empty (no images)")
-        if X.dtype.kind not in "uif" or X.dtype == np.bool_:
-            raise ValueError(f"X must be numeric image data, got dtype {X.dtype}")
+        """``X`` as an (N, C, H, W) array of ``_dtype`` on the input contract (:mod:`~nbclust.methods.inputs`):
+        images in [0, 1]; with ``_reads_vectors``, (N, D) feature vectors as (N, 1, 1, D), as given."""
+        name = type(self).__name__
+        shapes = "(N, D), (N, H, W) or (N, C, H, W)" if self._reads_vectors else "(N, H, W) or (N, C, H, W)"
+        X = inputs.checked(X, shapes, "X.reshape(1, -1) for one feature vector" if self._reads_vectors
+                           else "X[None] for one image")
+        if X.ndim == 2 and self._reads_vectors:
+            X = X[:, None, None, :]
+        elif X.ndim not in (3, 4):
+            hint = f": {name} clusters images (a single image is X[None])" if X.ndim == 2 else ""
+            raise ValueError(f"X must have shape {shapes}, got {X.ndim}-D data of shape {X.shape}{hint}")
         if X.ndim == 3:
             X = X[:, None]
-        scale = 1.0 / 255.0 if X.dtype == np.uint8 else 1.0
-        X = np.asarray(X, dtype=self._dtype) * self._dtype(scale) if scale != 1.0 else np.asarray(X, dtype=self._dtype)
-        if X.dtype.kind == "f" and not np.isfinite(X).all():
-            raise ValueError("X contains NaN or Inf values")
+        vector = self._reads_vectors and X.shape[2] == 1
+        X = np.asarray(X, dtype=self._dtype) if vector else inputs.image_scale(X, self._dtype)
         shape = tuple(int(s) for s in X.shape[1:])
         if fitted:
             if shape != tuple(self.image_shape_):
+                if vector and self.image_shape_[1] == 1:
+                    raise ValueError(f"X has {shape[0] * shape[2]} features, but {name} is expecting "
+                                     f"{self.n_features_in_} features as input")
                 raise ValueError(f"X has image shape {shape}, the model was fitted on {tuple(self.image_shape_)}")
-        elif min(shape[1:]) < self._min_size:
+        elif vector and shape[2] < self._vector_min:
+            raise ValueError(f"vectors of {shape[2]} features are too small for {name} "
+                             f"(needs at least {self._vector_min})")
+        elif not vector and min(shape[1:]) < self._min_size:
             raise ValueError(
-                f"images of size {shape[1]}x{shape[2]} are too small for {type(self).__name__} "
+                f"images of size {shape[1]}x{shape[2]} are too small for {name} "
                 f"(needs at least {self._min_size}x{self._min_size})"
             )
         return X
 
     @staticmethod
     def _fingerprint(X: np.ndarray) -> dict:
-        flat = X.reshape(X.shape[0], -1)
-        rows = flat[:: max(1, flat.shape[0] // 64)]
-        h = hashlib.sha1(np.ascontiguousarray(rows).tobytes())
-        h.update(np.ascontiguousarray(flat[-1]).tobytes())
-        return {"shape": list(X.shape), "hash": h.hexdigest()}
+        """Shape and SHA-256 of the whole (scaled) training data: a resume must see the same content."""
+        h = hashlib.sha256(np.ascontiguousarray(X).data)
+        return {"shape": list(X.shape), "sha256": h.hexdigest()}
 
     # ---------------------------------------------------------------- helpers
     def _seed(self) -> int:
@@ -184,6 +217,8 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         self._validate()
         Xn = self._check_X(X)
         N = Xn.shape[0]
+        if N < 2:
+            raise ValueError(f"X has 1 sample(s): {type(self).__name__} needs at least 2")
         if self.n_clusters > N:
             raise ValueError(f"n_clusters={self.n_clusters} exceeds the number of images ({N})")
         if y is not None:
@@ -251,26 +286,12 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
 
     def _run_epoch(self, phase, X, y, callback):
         t0 = time.perf_counter()
-        self._set_mode(True)
-        phase.begin_epoch(self, X)
-        totals: dict[str, float] = {}
-        N = X.shape[0]
-        for idx in phase.batches(self, N):
-            for m in self.modules_.values():
-                m.zero_grad()
-            for opt in self.optimizers_.values():
-                opt.zero_grad()
-            terms = phase.step(self, X, idx)
-            if self.converged_:  # the step decided to stop before training on this batch
-                break
-            for opt in self.optimizers_.values():
-                opt.step()
-            for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(idx) / N
-        extra = phase.end_epoch(self, X)
+        # an overflow that matters surfaces as a non-finite loss or state (DivergenceError), not as a warning
+        with np.errstate(over="ignore", invalid="ignore"):
+            terms = self._epoch_terms(phase, X)
         self.phase_epoch_ += 1
         self.epoch_ += 1
-        record = {"phase": phase.name, "epoch": self.epoch_, **totals, **extra}
+        record = {"phase": phase.name, "epoch": self.epoch_, **terms}
         record["seconds"] = time.perf_counter() - t0
         if y is not None:
             labels = self._current_labels(X)
@@ -285,10 +306,34 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         if callback is not None:
             callback(self, record)
 
-    # ------------------------------------------------------- training state
-    def _model_params(self) -> dict:
-        return {k: v for k, v in self.get_params().items() if k not in self._model_free_params}
+    def _epoch_terms(self, phase, X) -> dict:
+        """One epoch of ``phase``: the loss terms averaged over the batches, then ``end_epoch``'s entries.
+        DivergenceError at the first non-finite loss, parameter, optimiser buffer or centre."""
+        self._set_mode(True)
+        phase.begin_epoch(self, X)
+        totals: dict[str, float] = {}
+        N = X.shape[0]
+        epoch = self.epoch_ + 1
+        for idx in phase.batches(self, N):
+            for m in self.modules_.values():
+                m.zero_grad()
+            for opt in self.optimizers_.values():
+                opt.zero_grad()
+            terms = phase.step(self, X, idx)
+            if self.converged_:  # the step decided to stop before training on this batch
+                break
+            _check_finite("loss", terms.values(), epoch, phase.name)  # before the optimisers step on it
+            for opt in self.optimizers_.values():
+                opt.step()
+                _check_finite("training state", opt.touched(), epoch, phase.name, self._backend.xp)
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(idx) / N
+        extra = phase.end_epoch(self, X)
+        if self.cluster_centers_ is not None:
+            _check_finite("cluster centres", [np.asarray(self.cluster_centers_)], epoch, phase.name)
+        return {**totals, **extra}
 
+    # ------------------------------------------------------- training state
     def training_state(self):
         """``(arrays, meta)``: everything needed to resume (call at an epoch boundary).
 
@@ -328,14 +373,18 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
             "image_shape": list(self.image_shape_),
         }
 
-    def _check_meta(self, meta):
+    def _check_meta(self, meta) -> dict:
+        """Refuse a state of another class or other model hyperparameters; return the schedule-only ones
+        that differ, ``{name: (saved, now)}`` (``Param(schedule=True)``: caps, patiences, thresholds)."""
         if meta.get("class") != type(self).__name__:
             raise ValueError(f"state is from method {meta.get('class')!r}, not {type(self).__name__}")
-        mine = _jsonable(self._model_params())
-        theirs = {k: v for k, v in meta["params"].items() if k not in self._model_free_params}
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if diff:
-            raise ValueError(f"state has other hyperparameters: {', '.join(diff)} differ")
+        mine, theirs = _jsonable(self.get_params()), meta["params"]
+        diff = sorted(k for k in set(mine) | set(theirs)
+                      if mine.get(k) != theirs.get(k) and k not in self._model_free_params)
+        model = [k for k in diff if k not in self.hyperparameters.schedule]
+        if model:
+            raise ValueError(f"state has other hyperparameters: {', '.join(model)} differ")
+        return {k: (theirs.get(k), mine.get(k)) for k in diff}
 
     def _load_model(self, arrays, meta):
         self.image_shape_ = tuple(meta["image_shape"])
@@ -350,14 +399,15 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
             setattr(self, name, None if v is None else np.array(v))
 
     def _restore(self, arrays, meta):
-        self._check_meta(meta)
+        changed = self._check_meta(meta)
         if meta.get("kind") != "training_state":
             raise ValueError("resume needs a training state (from training_state()), not a saved model")
-        if meta["data"] != self._fingerprint_:
-            raise ValueError(
-                f"state was made on other data (shape {meta['data']['shape']}), not on this X "
-                f"(shape {self._fingerprint_['shape']})"
-            )
+        saved, mine = meta["data"], self._fingerprint_
+        if saved != mine:
+            if saved.get("shape") != mine["shape"]:
+                raise ValueError(f"state was made on other data: shape {tuple(saved['shape'])}, "
+                                 f"not {tuple(mine['shape'])}")
+            raise ValueError(f"state was made on other data: the content differs (same shape {tuple(mine['shape'])})")
         if tuple(meta["image_shape"]) != tuple(self.image_shape_):
             raise ValueError("state was made for another image shape")
         self._load_model(arrays, meta)
@@ -365,6 +415,12 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         self.phase_, self.phase_epoch_, self.epoch_ = meta["phase"], meta["phase_epoch"], meta["epoch"]
         self.converged_ = meta["converged"]
         self.history_ = list(meta["history"])
+        if changed:  # noted on the last epoch before the resume
+            if not self.history_:
+                self.history_.append({"phase": self.phase_, "epoch": self.epoch_})
+            note = "; ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            last = self.history_[-1]
+            last["resumed"] = f"{last['resumed']}; {note}" if "resumed" in last else note
         for k, v in meta["extra_meta"].items():
             setattr(self, k, v)
         if self.phase_ is not None:
@@ -376,7 +432,7 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
     # ------------------------------------------------------ predict & co.
     def _check_fitted(self):
         if getattr(self, "modules_", None) is None or getattr(self, "cluster_centers_", None) is None:
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
         if not hasattr(self, "_backend"):
             self._backend = get_backend(self.backend)
 
@@ -425,6 +481,69 @@ class DeepClusterer(Declared, BaseEstimator, ClusterMixin, TransformerMixin):
         est.labels_ = arrays.get("labels_")
         est.history_ = []
         return est
+
+
+# scikit-learn's estimator checks that fit (or transform) a 2-D (N, D) feature matrix
+_FEATURE_MATRIX_CHECKS = (
+    "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_dont_overwrite_parameters",
+    "check_estimators_fit_returns_self", "check_readonly_memmap_input", "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_dtype_object",
+    "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
+    "check_f_contiguous_array_estimator", "check_transformer_data_not_an_array", "check_transformer_general",
+    "check_clustering", "check_methods_sample_order_invariance", "check_methods_subset_invariance",
+    "check_fit2d_1sample", "check_fit2d_1feature", "check_dict_unchanged", "check_fit_idempotent",
+    "check_fit_check_is_fitted", "check_n_features_in", "check_fit2d_predict1d",
+)
+
+
+def expected_failed_checks(est) -> dict:
+    """``{check: reason}`` of the scikit-learn checks that cannot apply to ``est``, for
+    ``check_estimator(est, expected_failed_checks=...)`` and ``parametrize_with_checks``.
+
+    The estimators that cluster feature vectors (DCTL, the baselines) pass every check.  Those
+    that convolve images (DCAE, DBC, FCAEKMeans, DEPICT, DCEC) refuse a 2-D (N, D) matrix, which
+    is what these checks fit, and pass the others (parameters, cloning, tags, errors before fit,
+    NaN, sparse, complex and empty input); the same contract on images is tested in
+    ``tests/test_estimator_api.py``.
+    """
+    if not isinstance(est, DeepClusterer) or est._reads_vectors:
+        return {}
+    side = est._min_size
+    reason = (f"fits a 2-D (N, D) feature matrix: {type(est).__name__} convolves images (N, H, W) of at least "
+              f"{side}x{side} pixels and refuses such data")
+    return dict.fromkeys(_FEATURE_MATRIX_CHECKS, reason)
+
+
+class DivergenceError(FloatingPointError):
+    """Training diverged: a loss term, a parameter or a centre became NaN or inf (usually: too large a step).
+
+    The fit stops at the first one (a loss is checked before the optimisers step on it, the
+    parameters after every step, the centres after every epoch), before the failing epoch reaches
+    ``callback``: the last state a callback received is the last good epoch's.  ``epoch`` (counted
+    over the whole fit, as in ``history_``) and ``phase`` say where.
+    """
+
+    def __init__(self, message: str, epoch: int | None = None, phase: str | None = None):
+        super().__init__(message)
+        self.epoch, self.phase = epoch, phase
+
+    def __reduce__(self):
+        return type(self), (str(self), self.epoch, self.phase)
+
+
+def _check_finite(what: str, values, epoch: int, phase: str, xp=np) -> None:
+    """DivergenceError ``"{what} became NaN in epoch E of phase P; lower --lr"`` (or inf) unless every
+    value (numbers, or arrays of the module ``xp``) is finite."""
+    for v in values:
+        if isinstance(v, (int, float, np.number)):
+            if math.isfinite(v):
+                continue
+            kind = "NaN" if math.isnan(v) else "inf"
+        elif v.dtype.kind != "f" or bool(xp.isfinite(v).all()):
+            continue
+        else:
+            kind = "NaN" if bool(xp.isnan(v).any()) else "inf"
+        raise DivergenceError(f"{what} became {kind} in epoch {epoch} of phase {phase}; lower --lr", epoch, phase)
 
 
 def _jsonable(obj):

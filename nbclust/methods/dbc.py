@@ -55,7 +55,7 @@ CAFFE_MOMENTUM, CAFFE_WEIGHT_DECAY, CAFFE_BIAS_LR = 0.9, 1e-4, 2.0  # caffe-twns
 
 FCAE_PARAMS = COMMON_PARAMS + Params(
     Param("pretrain_epochs", int, 50, "stage I epochs: the FCAE's reconstruction training (Algorithm 1 line 1)",
-          ge=0),
+          ge=0, schedule=True),
     Param("batch_size", int, 256, "mini-batch size", ge=1),
     Param("lr", float, 1e-3, "step size of stage I", gt=0),
     Param("solver", str, "adam", "optimiser of stage I (and II): Adam, or Caffe's SGD as the first author's "
@@ -71,7 +71,7 @@ FCAE_PARAMS = COMMON_PARAMS + Params(
     Param("n_init", int, 20, "k-means restarts on the stage I features (Algorithm 1 lines 2-3)", ge=1),
 )
 DBC_PARAMS = FCAE_PARAMS + Params(
-    Param("epochs", int, 50, "stage II epochs: boosted self-training (Algorithm 2)", ge=0),
+    Param("epochs", int, 50, "stage II epochs: boosted self-training (Algorithm 2)", ge=0, schedule=True),
     Param("cluster_lr", float, 1e-3, "Adam step size of stage II (the paper names one optimiser, no second "
           "step)", gt=0),
     Param("cluster_bn", str, "frozen", "batch norm in stage II: frozen stage I statistics (lines 7 and 10 "
@@ -80,7 +80,7 @@ DBC_PARAMS = FCAE_PARAMS + Params(
     Param("normalization", str, "boosted", "n_j of eq 2: sum_i s_ij^alpha (boosted), sum_i s_ij (soft, DEC's) "
           "or 1 (none)", choices=("boosted", "soft", "none")),
     Param("tol", float, 1e-3, "stop stage II when fewer than this fraction of hard assignments change "
-          "(Algorithm 2 line 14)", ge=0, lt=1),
+          "(Algorithm 2 line 14)", ge=0, lt=1, schedule=True),
 )
 
 

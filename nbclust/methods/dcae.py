@@ -93,7 +93,7 @@ from nbclust.methods.phases import Phase, Step
 from nbclust.optable import OPS
 
 DCAE_PARAMS = COMMON_PARAMS + Params(
-    Param("epochs", int, 50, "training epochs", ge=0, paper=500),
+    Param("epochs", int, 50, "training epochs", ge=0, paper=500, schedule=True),
     Param("batch_size", int, 100, "mini-batch size", ge=1),
     Param("lr", float, 0.006, "SGD step size for 8x8 images (seed 001), scaled by lr_pixels / P", gt=0),
     Param("momentum", float, 0.9, "SGD momentum (seed 001)", ge=0, lt=1),

@@ -33,14 +33,14 @@ from nbclust.methods.phases import KMeansInit, Phase, ReconstructionPretraining
 from nbclust.optable import OPS
 
 DCEC_PARAMS = COMMON_PARAMS + Params(
-    Param("pretrain_epochs", int, 200, "autoencoder pretraining epochs (step 1)", ge=0),
-    Param("epochs", int, 100, "cap of the clustering epochs (step 3)", ge=0),
+    Param("pretrain_epochs", int, 200, "autoencoder pretraining epochs (step 1)", ge=0, schedule=True),
+    Param("epochs", int, 100, "cap of the clustering epochs (step 3)", ge=0, schedule=True),
     Param("batch_size", int, 256, "mini-batch size", ge=1),
     Param("lr", float, 1e-3, "Adam step size of both phases", gt=0),
     Param("gamma", float, 0.1, "weight gamma of the clustering loss KL(P || Q)", ge=0),
     Param("update_interval", int, 140, "mini-batches between target updates", ge=1),
     Param("tol", float, 1e-3, "stop when fewer than this fraction of hard labels change at a target update",
-          ge=0, lt=1),
+          ge=0, lt=1, schedule=True),
     Param("embedding_dim", int, 10, "size of the embedding z", ge=1),
     Param("n_init", int, 20, "k-means restarts of the initial centres (step 2)", ge=1),
 )

@@ -20,10 +20,9 @@ The defaults follow that code; the paper's literal reading stays available:
 Input (``reading``)
     The paper clusters DSIFT features reduced by PCA to 300 dimensions (Sec. 4)
     with "3 filters of sizes 9x9 ... max-pooling kernel 2x2"; on a 300-d vector
-    that is ambiguous.  A vector input arrives as (N, 1, D) or (N, C, 1, D)
-    (a height-1 map; what ``python -m nbclust.fit --features dsift-pca`` hands an
-    image estimator; a flat (N, D) matrix is refused as by every estimator,
-    whose contract reads a 2-D array as one image) and is read as
+    that is ambiguous.  A vector input arrives as (N, D), (N, 1, D) or (N, C, 1, D)
+    (a flat matrix is read as the height-1 map (N, 1, 1, D), what ``python -m
+    nbclust.fit --features dsift-pca`` hands an image estimator) and is read as
     - ``"1d"`` (default): a 1-D signal, convolved along the vector with kernel
       9, as the released code convolves its feature vectors (Mfeat.py l. 97-106
       ``nn.Conv1d(..., kernel_size=ksize)``, l. 136-158 ``F.conv1d(...,
@@ -290,13 +289,14 @@ DCTL_PARAMS = COMMON_PARAMS + Params(
           "P2 centres of the clipped codes (codes)", choices=("kmeans", "codes")),
     Param("n_init", int, 10, "restarts of the final k-means (and of the first joint partition unless "
           "assign='batch')", ge=1),
-    Param("pretrain_epochs", int, 0, "epochs of P1 without the k-means term (mu = 0) before the joint phase", ge=0),
-    Param("epochs", int, 30, "joint epochs (P1 then P2 each)", ge=0),
+    Param("pretrain_epochs", int, 0, "epochs of P1 without the k-means term (mu = 0) before the joint phase", ge=0,
+          schedule=True),
+    Param("epochs", int, 30, "joint epochs (P1 then P2 each)", ge=0, schedule=True),
     Param("batch_size", int, 256, "mini-batch size", ge=1),
     Param("lr", float, 1e-4, "Adam step size of the filters (the released code's rate)", gt=0),
     Param("z_lr", float, 0.1, "Adam step size of the codes Z (None: lr)", gt=0, none=True),
     Param("tol", float, 0.01, "stop when an epoch moves the centres by less than this fraction of their "
-          "displacement since the joint phase began (the paper's rule)", ge=0, lt=1),
+          "displacement since the joint phase began (the paper's rule)", ge=0, lt=1, schedule=True),
 )
 
 
@@ -569,7 +569,7 @@ class FinalClustering(Step):
 class DCTL(DeepClusterer):
     """Deep convolutional transform learning + k-means (Goel et al., ICIP 2022); see the module doc.
 
-    Accepts images (N, H, W) / (N, C, H, W) and feature vectors (N, 1, D) / (N, C, 1, D)
+    Accepts images (N, H, W) / (N, C, H, W) and feature vectors (N, D) / (N, 1, D) / (N, C, 1, D)
     (e.g. DSIFT + PCA(300), the paper's input).
     """
 
@@ -586,32 +586,20 @@ class DCTL(DeepClusterer):
              state="array"),
     )
     phases = (CodesInit(), TransformLearning(), JointClustering(), FinalClustering())
-    _vector_min = 4  # features of a vector input (pool="always": two 2-wide max-pools)
+    _reads_vectors = True
+    _min_size = 4  # image side (pool="always" pools twice)
 
     # ------------------------------------------------------------ input
     @property
-    def _min_size(self):
-        """Smallest image side (4: pool="always" pools twice); a vector input's size is
-        checked on its length instead, in :meth:`_check_X`."""
-        return 1 if getattr(self, "_vector_check", False) else 4
+    def _vector_min(self):
+        """Features of a vector input: 4 for pool="always" (two 2-wide max-pools), else 1."""
+        return 4 if self.pool == "always" else 1
 
     def _check_X(self, X, *, fitted=False):
-        """Images as in the base; feature vectors as (N, 1, D) or (N, C, 1, D) (height-1 maps;
-        ``reading`` decides how the transform reads them).  A flat (N, D) matrix is refused,
-        as by every estimator (a 2-D array is one image): reshape it to (N, 1, 1, D)."""
-        X = np.asarray(X) if not isinstance(X, np.ndarray) else X
-        if X.ndim == 2:
-            raise ValueError(f"X must have shape (N, H, W) or (N, C, H, W), got 2-D data of shape "
-                             f"{X.shape} (feature vectors: reshape to (N, 1, 1, D))")
-        vector = (X.ndim == 3 and X.shape[1] == 1) or (X.ndim == 4 and X.shape[2] == 1)
-        if vector and not fitted and X.shape[-1] < self._vector_min:
-            raise ValueError(f"vectors of {X.shape[-1]} features are too small for DCTL "
-                             f"(needs at least {self._vector_min})")
-        self._vector_check = vector
-        try:
-            X = super()._check_X(X, fitted=fitted)
-        finally:
-            self._vector_check = False
+        """Images as in the base; feature vectors as (N, D), (N, 1, D) or (N, C, 1, D) (height-1 maps;
+        ``reading`` decides how the transform reads them), min-max scaled (``input_scale``)."""
+        X = super()._check_X(X, fitted=fitted)
+        vector = X.shape[2] == 1
         if not vector or self.input_scale == "none":
             return X
         if not fitted:  # min-max statistics of the training data (module docstring, "Input scaling")

@@ -77,20 +77,22 @@ class Param:
     where the default follows something else (released code, a fix), documented and
     collected in the class's ``PAPER`` dict.  ``flag=False``: no dedicated command-line
     flag (``--param NAME=VALUE`` still sets it).  ``type_doc``: the docstring's type
-    where the checked ``type`` does not say it (``"any"``).
+    where the checked ``type`` does not say it (``"any"``).  ``schedule=True``: the value only
+    decides how long a fit runs (an epoch cap, a patience, a stopping threshold), not what
+    the model computes, so a resumed fit may change it (:meth:`Params.schedule`).
     """
 
     __slots__ = ("name", "types", "default", "doc", "ge", "gt", "le", "lt", "choices", "none", "paper", "flag",
-                 "type_doc")
+                 "type_doc", "schedule")
 
     def __init__(self, name, type, default, doc, *, ge=None, gt=None, le=None, lt=None, choices=None,
-                 none=False, paper=_SAME, flag=True, type_doc=None):
+                 none=False, paper=_SAME, flag=True, type_doc=None, schedule=False):
         self.name = name
         self.types = tuple(type) if isinstance(type, tuple) else (type,)
         self.default, self.doc = default, doc
         self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
         self.choices = None if choices is None else tuple(choices)
-        self.none, self.paper, self.type_doc = bool(none), paper, type_doc
+        self.none, self.paper, self.type_doc, self.schedule = bool(none), paper, type_doc, bool(schedule)
         self.flag = bool(flag) and self.cli_type is not None
         if self.choices is not None and not isinstance(self.choices[0], str):
             raise TypeError(f"{name}: choices must be strings")
@@ -201,6 +203,8 @@ class Param:
             doc += f" Range: {self.bounds()}."
         if self.paper_differs:
             doc += f" The paper's value: {self.value_text(self.paper)}."
+        if self.schedule:
+            doc += " May change when a fit resumes."
         return f"{self.name} : {self.type_text()}, default={self.value_text(self.default)}\n    {doc}"
 
     @property
@@ -251,6 +255,11 @@ class Params(tuple):
         for p in self:
             p.check(getattr(est, p.name))
 
+    @property
+    def schedule(self) -> tuple:
+        """Names of the schedule-only entries (``schedule=True``): a resumed fit may change them."""
+        return tuple(p.name for p in self if p.schedule)
+
     def paper_values(self) -> dict:
         """``{name: value}`` where the paper's reading differs from the default."""
         return {p.name: p.paper for p in self if p.paper_differs}
@@ -276,7 +285,7 @@ class Attr:
 
 
 COMMON_PARAMS = Params(
-    Param("n_clusters", int, 10, "number of clusters K", ge=2, flag=False),
+    Param("n_clusters", int, 10, "number of clusters K", ge=1, flag=False),
     Param("backend", str, "cpu", "array backend of the networks", choices=BACKENDS, flag=False),
     Param("random_state", ANY, None, "seed of the one random stream of the fit (weights, batches, k-means, "
           "dropout)", flag=False, type_doc="int, numpy Generator or None"),
