@@ -14,8 +14,9 @@ so it is race-free and deterministic.
 
 Here ``w_mat`` is the weight as a (rows, C*kh*kw) matrix and ``g_mat``/``x_mat``
 are (C, H*W*N) matrices.  Stride-1 layers with few channels and large kernels
-take the direct kernels of :mod:`nbclust.kernels.cpu.direct` instead, and layers
-with a single-channel image side a per-sample variant (:func:`_path`).
+take the direct kernels of :mod:`nbclust.kernels.cpu.direct` instead, layers
+with a single-channel image side a per-sample variant, and strided layers with
+large kernels the register-tiled kernels of :mod:`nbclust.kernels.cpu.tiled` (:func:`_path`).
 ``linear`` is one BLAS call per product and ``reshape`` the reference's.
 
 Padding may be asymmetric (``((top, bottom), (left, right))``, or ``"tf_same"``, see
@@ -30,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from nbclust import convshape
+from nbclust.kernels.cpu import tiled
 from nbclust.kernels.cpu.direct import direct_adjoint, use_direct, _direct, _direct_w
 from nbclust.kernels.cpu.layout import batch_first, batch_last, contiguous, placed
 from nbclust.kernels.cpu.pointwise import run
@@ -130,7 +132,8 @@ def _geometry(stride, padding):
 
 def _path(image_channels, c_in, c_out, kernel, stride) -> str:
     """How a layer runs: ``"direct"`` (see :func:`use_direct`), ``"per_sample"`` when its image side
-    (the input of a conv2d, the output of a conv_transpose2d) has one channel, else ``"im2col"``.
+    (the input of a conv2d, the output of a conv_transpose2d) has one channel, ``"tiled"`` (the
+    register-tiled kernels of :mod:`nbclust.kernels.cpu.tiled`, see its ``use_tiled``), else ``"im2col"``.
 
     Per sample: the first convolutions of DEPICT and DCEC and their last transposed ones have
     1 channel on the image side and 32-50 on the other, whose batch-last transpose (8.6 MB at
@@ -140,7 +143,9 @@ def _path(image_channels, c_in, c_out, kernel, stride) -> str:
     """
     if use_direct(c_in, c_out, kernel, stride):
         return "direct"
-    return "per_sample" if image_channels == 1 else "im2col"
+    if image_channels == 1:
+        return "per_sample"
+    return "tiled" if tiled.use_tiled(kernel, stride) else "im2col"
 
 
 def _with_bias_column(w_mat, b, dtype):
@@ -171,6 +176,9 @@ def conv2d_forward(x, w, b, stride=(1, 1), padding=(0, 0)):
         yt = np.empty((o, ho, wo, n), dtype=x.dtype)
         run(_direct, yt.size * w[0].size, xt, w, b, yt)
         return batch_first(yt), (x.shape, w, xt, b is not None, geometry, path)
+    if path == "tiled":
+        y, xt = tiled.conv2d_forward(x, w, b, geometry, (ho, wo))
+        return y, (x.shape, w, xt, b is not None, geometry, path)
     cols = _patches(batch_last(x), w.shape[2:], geometry, (ho, wo), ones_row=b is not None)
     w_mat = _with_bias_column(w.reshape(o, -1), b, x.dtype)
     if path == "per_sample":
@@ -191,6 +199,9 @@ def conv2d_backward(grad_y, ctx, input_grad=True):
         run(_direct_w, gt.size * w[0].size, saved, gt, grad_w)
         grad_x = batch_first(direct_adjoint(gt, w, geometry[2:], x_shape[2:])) if input_grad else None
         return grad_x, grad_w, grad_b
+    if path == "tiled":
+        grad_b = g.sum(axis=(0, 2, 3)) if has_bias else None
+        return (*tiled.conv2d_backward(g, saved, w, geometry, x_shape, input_grad), grad_b)
     if path == "per_sample":
         g3 = g.reshape(n, g.shape[1], -1)
         grad_w, grad_b = _split_bias(_sample_sum(g3, saved), w.shape, has_bias)
@@ -216,6 +227,9 @@ def conv_transpose2d_forward(x, w, b, stride=(1, 1), padding=(0, 0), output_padd
         xt = batch_last(x)
         yt = direct_adjoint(xt, w, geometry[2:], (hout, wout), b)
         return batch_first(yt), (x.shape, xt, w, b is not None, geometry, path)
+    if path == "tiled":
+        y, saved = tiled.conv_transpose2d_forward(x, w, b, geometry, (hout, wout))
+        return y, (x.shape, saved, w, b is not None, geometry, path)
     w_mat = w.reshape(w.shape[0], -1)
     if path == "per_sample":
         saved = x.reshape(n, x.shape[1], -1)
@@ -243,6 +257,8 @@ def conv_transpose2d_backward(grad_y, ctx, input_grad=True):
         grad_w = np.empty(w.shape, dtype=w.dtype)
         run(_direct_w, saved.size * w[0].size, gpad, saved, grad_w)
         return grad_x, grad_w, grad_b
+    if path == "tiled":
+        return (*tiled.conv_transpose2d_backward(g, saved, w, geometry, x_shape, input_grad), grad_b)
     w_mat = w.reshape(w.shape[0], -1)
     cols = _patches(batch_last(g), w.shape[2:], geometry, x_shape[2:])
     if path == "per_sample":
