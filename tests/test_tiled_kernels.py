@@ -9,7 +9,7 @@ import pytest
 from numba import njit
 
 from nbclust.kernels.cpu import tiled
-from nbclust.kernels.cpu.simd import lanes, vfma, vload, vsplat, vstore, vsum, vzero
+from nbclust.kernels.cpu.simd import VECTOR_BYTES, lanes, vfma, vload, vsplat, vstore, vsum, vzero
 
 DTYPES = [np.float32, np.float64]
 
@@ -26,12 +26,14 @@ def _vector_ops(a, scalar, out):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vector_intrinsics(dtype):
-    n = 32 // np.dtype(dtype).itemsize
+    n = VECTOR_BYTES // np.dtype(dtype).itemsize
     a = np.random.default_rng(0).normal(size=2 * n + 1).astype(dtype)
     out = np.full(2 * n, np.nan, dtype)
     total = _vector_ops(a, dtype(1.5), out)
-    want = (dtype(1.5) * a[:n] + a[n]) * (a[n:2 * n] + 1)
-    np.testing.assert_allclose(out[:n], want, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    a64 = a.astype(np.float64)
+    want = (1.5 * a64[:n] + a64[n]) * (a64[n:2 * n] + 1)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(out[:n], want, rtol=tol, atol=tol * np.abs(want).max())
     assert (out[n:] == 0).all()
     left_to_right = out[0]
     for v in out[1:n]:
@@ -45,9 +47,10 @@ def _one_fma(a, b, c, out):
 
 
 def test_vfma_rounds_once():
-    a = np.full(8, 1 + 2.0 ** -12, np.float32)  # a * a = 1 + 2^-11 + 2^-24: the last bit is lost
+    n = VECTOR_BYTES // 4
+    a = np.full(n, 1 + 2.0 ** -12, np.float32)  # a * a = 1 + 2^-11 + 2^-24: the last bit is lost
     c = -(a * a)                                 # when the product is rounded first
-    out = np.empty(8, np.float32)
+    out = np.empty(n, np.float32)
     _one_fma(a, a, c, out)
     assert (out == np.float32(2.0 ** -24)).all()
 
@@ -65,7 +68,7 @@ def _tables(rng, n, n_taps, n_vectors, pixel, room):
 @pytest.mark.parametrize("n_out, n_taps, n_vectors", [(4, 7, 3), (8, 30, 9), (4, 0, 6), (12, 1, 12)])
 def test_correlate_matches_numpy(n_out, n_taps, n_vectors, dtype):
     rng = np.random.default_rng(n_taps)
-    n = 32 // np.dtype(dtype).itemsize
+    n = VECTOR_BYTES // np.dtype(dtype).itemsize
     x = rng.normal(size=400).astype(dtype)
     taps, src, dst = _tables(rng, n, n_taps, n_vectors, n, x.size)
     w = rng.normal(size=(n_out, n_taps)).astype(dtype)
@@ -83,7 +86,7 @@ def test_correlate_matches_numpy(n_out, n_taps, n_vectors, dtype):
 @pytest.mark.parametrize("n_rows, n_taps, n_pixels, runs", [(4, 6, 1, 1), (8, 12, 11, 3), (5, 18, 20, 2), (2, 6, 3, 1)])
 def test_correlate_grad_matches_numpy(n_rows, n_taps, n_pixels, runs, dtype):
     rng = np.random.default_rng(n_pixels)
-    n = 32 // np.dtype(dtype).itemsize
+    n = VECTOR_BYTES // np.dtype(dtype).itemsize
     run = runs * n
     x = rng.normal(size=500).astype(dtype)
     g = rng.normal(size=(n_rows, 300)).astype(dtype)
@@ -105,7 +108,7 @@ def test_correlate_grad_matches_numpy(n_rows, n_taps, n_pixels, runs, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batch_last_pads_crops_and_round_trips(dtype):
     x = np.random.default_rng(1).normal(size=(5, 3, 4, 6)).astype(dtype)
-    n = 32 // np.dtype(dtype).itemsize
+    n = VECTOR_BYTES // np.dtype(dtype).itemsize
     xt = tiled.to_batch_last(x, 2, -1, (5, 4))  # 2 rows on top, 1 column cropped on the left
     assert xt.shape == (3, 5, 4, -(-5 // n) * n)
     want = np.zeros(xt.shape, dtype)
