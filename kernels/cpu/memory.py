@@ -1,10 +1,12 @@
 """Reuse freed memory instead of returning it to the OS (glibc only).
 
 glibc serves allocations above its mmap threshold (at most 32 MiB by default)
-with a fresh ``mmap`` and unmaps them on free, so every im2col matrix of the
-wide layers (40-63 MiB at batch 256 for DCEC's and DEPICT's 5x5 stride-2
-layers) is page-faulted and zeroed by the kernel again at every call: filling
-a fresh 40 MiB array takes 5-6.5 ms, a reused one 1.6 ms (measured here).
+with a fresh ``mmap`` and unmaps them on free, so every large temporary (the
+im2col matrices of the wide layers, the batch-last copies of the register-tiled
+ones; DCEC's and DEPICT's 5x5 stride-2 layers had 40-63 MiB column matrices at
+batch 256 before they were tiled) is page-faulted and zeroed by the kernel again
+at every call: filling a fresh 40 MiB array takes 5-6.5 ms, a reused one 1.6 ms
+(measured here).
 Raising the mmap and trim thresholds makes freed blocks go back to malloc's
 free lists, as torch's caching allocators do, at the price of the process
 keeping its peak heap.  Set ``NBCLUST_KEEP_MEMORY=0`` to leave malloc alone.
