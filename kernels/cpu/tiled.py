@@ -112,7 +112,8 @@ def _correlate(x, taps, w, start, src, dst, y):
 @njit(cache=True)
 def _load6(a, i, n):
     """Six consecutive vectors of ``a`` from ``i``."""
-    return vload(a, i), vload(a, i + n), vload(a, i + 2 * n), vload(a, i + 3 * n), vload(a, i + 4 * n), vload(a, i + 5 * n)
+    return (vload(a, i), vload(a, i + n), vload(a, i + 2 * n),
+            vload(a, i + 3 * n), vload(a, i + 4 * n), vload(a, i + 5 * n))
 
 
 @njit(cache=True)
@@ -145,13 +146,15 @@ def _correlate_grad(x, taps, xpix, g, gpix, run_length, acc, gw):
     """gw[o, k] = sum_p sum_{m < run_length} g[o, gpix[p] + m] x[taps[k] + xpix[p] + m].
 
     ``x`` flat; ``g`` (O, size) rows; ``gw`` (O', K), O' >= O a multiple of 4 (rows o >= O are
-    left undefined); ``taps`` a multiple of 6 long; ``run_length`` a multiple of L.  Register tile: 4 channels x 6 taps, 24 accumulators (AVX-512
-    has 32 vector registers) as four 6-tuples, each loaded g vector feeding 6 of them, over
-    ``PIXEL_BLOCK`` pixels at a time; ``acc`` (O, K, L) keeps the lane sums between pixel blocks,
-    the pixels in order (the vectors of a pixel in order), then each gw[o, k] adds its lanes in
-    order.  Parallel over blocks of ``TAP_BLOCK`` tiles of taps.
+    left undefined); ``taps`` a multiple of 6 long; ``run_length`` a multiple of L.  Register
+    tile: 4 channels x 6 taps, 24 accumulators (AVX-512 has 32 vector registers; with AVX2's 16
+    some would spill) as four 6-tuples, each loaded g vector feeding 6 of them, over
+    ``PIXEL_BLOCK`` pixels at a time; ``acc`` (O', K, L) keeps the lane sums between pixel
+    blocks, the pixels in order (the vectors of a pixel in order), then each gw[o, k] adds its
+    lanes in order.  Parallel over blocks of ``TAP_BLOCK`` tiles of taps.
     """
-    n_rows, n_taps, n, last = gw.shape[0], gw.shape[1], lanes(x), g.shape[0] - 1
+    n_rows, n_taps, n = gw.shape[0], gw.shape[1], lanes(x)
+    row, last = g.shape[1], g.shape[0] - 1  # rows of the tile past the last read the last one
     tiles, lane_rows = n_taps // TAPS, uint64(n_taps * n)
     gf, af, end = g.reshape(-1), acc.reshape(-1), uint64(run_length)
     for block in prange((tiles + TAP_BLOCK - 1) // TAP_BLOCK):
@@ -167,8 +170,8 @@ def _correlate_grad(x, taps, xpix, g, gpix, run_length, acc, gw):
                         a0, a1 = _load6(af, c0, n), _load6(af, c0 + lane_rows, n)
                         a2, a3 = _load6(af, c0 + 2 * lane_rows, n), _load6(af, c0 + 3 * lane_rows, n)
                     for p in range(p0, min(p0 + PIXEL_BLOCK, xpix.size)):
-                        g0, g1 = uint64(o * g.shape[1] + gpix[p]), uint64(min(o + 1, last) * g.shape[1] + gpix[p])
-                        g2, g3 = uint64(min(o + 2, last) * g.shape[1] + gpix[p]), uint64(min(o + 3, last) * g.shape[1] + gpix[p])
+                        g0, g1 = uint64(o * row + gpix[p]), uint64(min(o + 1, last) * row + gpix[p])
+                        g2, g3 = uint64(min(o + 2, last) * row + gpix[p]), uint64(min(o + 3, last) * row + gpix[p])
                         k, xp = TAPS * t, xpix[p]
                         offsets = (uint64(taps[k] + xp), uint64(taps[k + 1] + xp), uint64(taps[k + 2] + xp),
                                    uint64(taps[k + 3] + xp), uint64(taps[k + 4] + xp), uint64(taps[k + 5] + xp))
