@@ -88,11 +88,12 @@ def _simulated_cuda() -> Backend:
 
 ADJOINT_BACKENDS = AVAILABLE_BACKENDS + ["cuda-simulated"]
 
-# (x shape, conv weight shape, stride, padding): im2col, per-sample (one image channel) and
-# direct (narrow stride-1) paths of the cpu backend; valid leftovers that need output_padding
+# (x shape, conv weight shape, stride, padding): im2col, per-sample (one image channel), direct
+# (narrow stride-1) and tiled (strided 5x5) paths of the cpu backend; valid leftovers that need
+# output_padding
 ADJOINT_CASES = [
     ((2, 1, 28, 28), (4, 1, 5, 5), (2, 2), ((1, 2), (1, 2))),  # Keras same, conv1 of DCEC
-    ((3, 3, 14, 14), (5, 3, 5, 5), (2, 2), ((1, 2), (1, 2))),
+    ((3, 3, 14, 14), (5, 3, 5, 5), (2, 2), ((1, 2), (1, 2))),  # cpu tiled path
     ((2, 2, 9, 8), (3, 2, 3, 4), (3, 2), ((2, 0), (0, 3))),
     ((1, 3, 7, 6), (2, 3, 3, 3), (1, 1), ((0, 2), (2, 1))),
     ((2, 2, 6, 7), (1, 2, 5, 5), (1, 1), ((3, 0), (1, 2))),  # cpu direct path

@@ -235,7 +235,8 @@ def test_output_sizes_match_formulas():
     assert convshape.pool_output_size((6, 6), 2) == (3, 3)
 
 
-# --- the direct (no im2col) kernels: narrow stride-1 layers with kernels of 7x7 and more ---------
+# --- the direct (no im2col) kernels: narrow stride-1 layers with kernels of 7x7 and more, the
+# per-sample path (one image channel) and the register-tiled kernels (strided, large kernels) -----
 
 PATH_CASES = [
     ("conv2d", (2, 1, 12, 11), (3, 1, 9, 9), {"stride": (1, 1), "padding": (4, 4)}, "direct", "DCTL-like, same padding"),
@@ -253,6 +254,13 @@ PATH_CASES = [
      "one channel, uneven stride and padding"),
     ("conv_transpose2d", (3, 6, 5, 5), (6, 1, 5, 5), {"stride": (2, 2), "padding": (2, 2), "output_padding": (1, 1)},
      "per_sample", "DCEC-like last layer 6->1 5x5 s2"),
+    # register-tiled kernels, large enough for their parallel loops
+    ("conv2d", (20, 16, 14, 14), (24, 16, 5, 5), {"stride": (2, 2), "padding": (2, 2)}, "tiled",
+     "DCEC-like 16->24 5x5 s2, batch 20"),
+    ("conv_transpose2d", (19, 24, 7, 7), (24, 16, 5, 5), {"stride": (2, 2), "padding": (2, 2), "output_padding": (1, 1)},
+     "tiled", "DCEC-like transposed 24->16 5x5 s2, output_padding, batch 19"),
+    ("conv2d", (9, 6, 13, 12), (10, 6, 4, 4), {"stride": (2, 2), "padding": ((1, 2), (0, 1))}, "tiled",
+     "4x4 s2, asymmetric padding, 10 output channels"),
 ]
 
 

@@ -70,6 +70,14 @@ def _conv2d_cases(rng: np.random.Generator) -> list[Case]:
              {"stride": (1, 1), "padding": ((2, 0), (0, 1))}, "asymmetric, more before than after"),
         Case((n(size=(2, 1, 6, 7)), n(size=(2, 1, 5, 5)), n(size=2)),
              {"stride": (1, 1), "padding": ((0, 3), (2, 1))}, "asymmetric, narrow 5x5 stride 1 (cpu direct path)"),
+        # the cpu register-tiled path (strided, >= 4 kernel taps per phase): batch not a multiple
+        # of the vector length, output channels not a multiple of the register tile's 4
+        Case((n(size=(3, 2, 9, 8)), n(size=(5, 2, 5, 5)), n(size=5)),
+             {"stride": (2, 2), "padding": ((1, 2), (2, 1))}, "5x5 stride 2, asymmetric padding (cpu tiled path)"),
+        Case((n(size=(5, 3, 7, 8)), n(size=(2, 3, 4, 4)), None),
+             {"stride": (2, 2), "padding": (1, 0)}, "4x4 stride 2, batch 5, bias None (cpu tiled path)"),
+        Case((n(size=(1, 2, 7, 9)), n(size=(3, 2, 1, 9)), n(size=3)),
+             {"stride": (2, 1), "padding": (0, 4)}, "1x9 stride 2x1: one row phase without taps (cpu tiled path)"),
     ]
 
 
@@ -104,6 +112,16 @@ def _conv_transpose2d_cases(rng: np.random.Generator) -> list[Case]:
         Case((n(size=(2, 2, 4, 3)), n(size=(2, 1, 5, 5)), n(size=1)),
              {"stride": (1, 1), "padding": ((0, 3), (2, 1)), "output_padding": (0, 0)},
              "asymmetric, narrow 5x5 stride 1 (cpu direct path)"),
+        # the cpu register-tiled path (see conv2d)
+        Case((n(size=(3, 2, 4, 3)), n(size=(2, 3, 5, 5)), n(size=3)),
+             {"stride": (2, 2), "padding": (2, 2), "output_padding": (1, 1)},
+             "5x5 stride 2, output_padding, batch 3 (cpu tiled path)"),
+        Case((n(size=(2, 3, 3, 4)), n(size=(3, 2, 5, 4)), None),
+             {"stride": (2, 2), "padding": ((1, 2), (2, 1)), "output_padding": (0, 0)},
+             "5x4 stride 2, asymmetric crop, bias None (cpu tiled path)"),
+        Case((n(size=(1, 2, 3, 4)), n(size=(2, 5, 1, 9)), n(size=5)),
+             {"stride": (2, 1), "padding": (0, 4), "output_padding": (1, 0)},
+             "1x9 stride 2x1: odd output rows only get the bias (cpu tiled path)"),
     ]
 
 
