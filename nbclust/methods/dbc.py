@@ -37,6 +37,17 @@ was released), with what each rests on:
   its BN, or after the ReLU, with or without L2 normalisation, all give ACC 0.52-0.61 on
   MNIST-full over 20 epochs of stage I (``docs/results.md``), so the choice does not
   explain the gap to the paper's FCAE-KMS 0.794.
+
+The first author's Caffe conventions, as options (no DBC code is public; the first author's own
+Caffe fork is, GitHub fengfu-chris/caffe-twns, ``examples/mnist/lenet_tn.prototxt`` and its solver):
+``solver="caffe"`` (:func:`caffe_sgd`: SGD, momentum 0.9, weight decay 1e-4, conv biases at twice the
+step; the file's step 0.01 makes stage I diverge on the FCAE's Euclidean loss in its first epoch,
+so ``lr`` stays the step, 1e-3 measured stable), ``init="caffe"`` (``xavier``),
+``batch_order="file"`` (Caffe's LMDB data layer never shuffles: every epoch sees the batches in the
+data's order) and ``feature_bn="batch"`` (``use_global_stats: false``: batch statistics in the test
+phase too, so a feature depends on the batch it is computed in).  Not the defaults: the paper
+names none of them, and DBC as a whole is not better with them (MNIST-test, ``docs/results.md``);
+``feature_bn="batch"`` would also make ``predict`` of an image depend on the images beside it.
 """
 
 from __future__ import annotations

@@ -140,6 +140,10 @@ class Module:
         """Keep the forward context and output shape for :meth:`backward`."""
         self._ctx = (ctx, tuple(out.shape))
 
+    def __getstate__(self) -> dict:
+        """Pickled without the last forward's context (transient: a backward needs a new forward)."""
+        return {**self.__dict__, "_ctx": None}
+
     def _saved(self, grad_out):
         """The context of the last forward; ValueError if ``grad_out``'s shape or dtype does not match."""
         if self._ctx is None:
