@@ -239,20 +239,22 @@ def test_dcae_relu_decoder_keeps_its_four_maps_alive(seed):
     assert est.history_[-1]["E1"] < 35  # left the mean-image plateau (~39.4)
 
 
-def test_fcae_objective_gradient():
+@pytest.mark.parametrize("solver, term", [("caffe", "euclidean"), ("adam", "mse")])
+def test_fcae_objective_gradient(solver, term):
     X, _ = toy_images(n_per=2)
-    est = FCAEKMeans(3, backend="reference", random_state=0)
+    est = FCAEKMeans(3, backend="reference", random_state=0, solver=solver)
     Xd, _ = _prepare(est, X, "pretrain")
-    err = _objective_check(est, Xd, "pretrain", lambda t: t["mse"], _net_params(est, "encoder", "decoder"))
+    err = _objective_check(est, Xd, "pretrain", lambda t: t[term], _net_params(est, "encoder", "decoder"))
     assert err < 1e-6
 
 
-def test_dbc_stage_two_gradient():
+@pytest.mark.parametrize("solver", ["caffe", "adam"])
+def test_dbc_stage_two_gradient(solver):
     X, _ = toy_images(n_per=2)
-    est = DBC(3, backend="reference", random_state=0)
+    est = DBC(3, backend="reference", random_state=0, solver=solver)
     Xd, _ = _prepare(est, X, "cluster")
     est._phase("cluster").begin_epoch(est, Xd)  # R from S, encoder in eval mode
-    n = Xd.shape[0]
+    n = Xd.shape[0] if solver == "adam" else 1  # Adam: eq 3's sum over the batch; Caffe's SGD: its mean
     err = _objective_check(est, Xd, "cluster", lambda t: t["kl"] * n,
                            lambda: est.modules_["encoder"].parameters() + [est._mu])
     assert err < 1e-6

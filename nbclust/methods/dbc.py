@@ -1,53 +1,46 @@
 """FCAE-KMS and DBC: discriminatively boosted clustering (Li, Qiao, Zhang, Xi; seed 002).
 
 Stage I (Algorithm 1, both estimators): train the fully convolutional auto-encoder
-(Table 2; :func:`nbclust.methods.architectures.fcae`) with the Euclidean loss
-(``mse``: the mean of ||x - x^||^2 over pixels, the paper's sum up to a constant
-that Adam does not see), then k-means (sklearn, n_init=20, seeded from the
-estimator's Generator) on the 1x1 features z = f(x).  ``FCAEKMeans`` stops here
-(the paper's FCAE-KMS baseline).
+(Table 2; :func:`nbclust.methods.architectures.fcae`) with the Euclidean loss, then k-means
+(sklearn, n_init=20, seeded from the estimator's Generator) on the 1x1 features z = f(x).
+``FCAEKMeans`` stops here (the paper's FCAE-KMS baseline).
 
 Stage II (Algorithm 2, ``DBC``): drop the decoder; every epoch
   s_ij = (1 + ||z_i - mu_j||^2)^-1 / sum_j' (...)             (eq 1, line 7, v = 1)
   r_ij = (s_ij^alpha / n_j) / sum_j' (s_ij'^alpha / n_j')       (eq 2, line 8)
   n_j  = sum_i s_ij^alpha ("boosted", the paper's), sum_i s_ij ("soft", DEC's) or 1 ("none")
 then one pass of mini-batches minimising L = sum_i sum_j r_ij log(r_ij / s_ij)
-(eq 3, a SUM over the batch) w.r.t. the encoder and mu with the exact gradients
-of eqs (4)-(5) (op ``dbc_kl``); stop when the fraction of changed hard assignments
-is below ``tol`` (line 14).
+(eq 3) w.r.t. the encoder and mu with the exact gradients of eqs (4)-(5) (op ``dbc_kl``);
+stop when the fraction of changed hard assignments is below ``tol`` (line 14).
 
-Choices the paper leaves open (it names no optimiser, step or batch-norm mode; no code
-was released), with what each rests on:
+How it is trained.  The paper names no optimiser, step, batch size, initialisation or batch-norm
+mode, and no DBC code was released; the first author's own Caffe fork is public (GitHub
+fengfu-chris/caffe-twns, ``examples/mnist/lenet_tn.prototxt`` and ``lenet_tn_solver.prototxt``), and
+its conventions decide (the released code of the authors, as for the other methods):
 
-* Optimiser: Adam for both stages, at the stage I step ``lr`` = ``cluster_lr`` = 1e-3.
-  The paper derives one update rule for both stages and gives no second step size; its
-  Fig. 6-7 show the soft scores polarising and the embedding regrouping within 2-4
-  epochs ("we can ideally learn from S to R each time").  At 1e-4 stage II moves far
-  slower than that (MNIST-test smoke subset: 5% of assignments change in epoch 1 and
-  under 2% after; at 1e-3, 10% then 5%), so 1e-4, an extra assumption, is not the default.
-  Because eq 3 is a sum over the batch, plain SGD's step would scale with the batch;
-  Adam's does not, which is one more reason to keep Adam.
-* Batch norm in stage II (``cluster_bn``): ``"frozen"`` (default) keeps the stage I
-  running statistics, so z_i = f(x_i) is the same function in lines 7 and 10 and the
-  target R is the one the step follows; ``"batch"`` trains on batch statistics, as
-  Caffe's BatchNorm does in its TRAIN phase, while R (line 7) uses the running ones.
-  Measured equal within noise (smoke subset, 20 epochs: 0.663 frozen, 0.665 batch).
-* The feature clustered is the output of the feature layer after its BN and ReLU (the
-  sparse activations of Fig. 4).  Measured: k-means on the feature conv's output, after
-  its BN, or after the ReLU, with or without L2 normalisation, all give ACC 0.52-0.61 on
-  MNIST-full over 20 epochs of stage I (``docs/results.md``), so the choice does not
-  explain the gap to the paper's FCAE-KMS 0.794.
+* ``solver="caffe"`` (default; :func:`caffe_sgd`): SGD, momentum 0.9, weight decay 1e-4, conv
+  biases at twice the step, for both stages.  Stage I minimises Caffe's EuclideanLoss
+  1/(2N) sum_n ||x_n - x^_n||^2 (summed over pixels, averaged over the batch), stage II eq 3 averaged
+  over the batch, as Caffe's losses are.  The file's step 0.01 makes stage I diverge on this loss
+  in its first epoch (MNIST-test), so ``lr`` = ``cluster_lr`` = 1e-3, the next power of ten, which
+  trains stably.  ``"adam"`` (the default before 2026-12-03, no source): Adam on the mean over
+  pixels (stage I) and on eq 3's sum (stage II);
+* ``init="caffe"`` (default): Caffe's ``xavier`` filler, U(+-sqrt(3 / fan_in)); ``"glorot"``;
+* ``batch_size=50``: the file's training batch;
+* ``batch_order``: ``"shuffle"`` (default) or ``"file"``, the data's own order every epoch, as
+  Caffe's LMDB data layer reads it.  Not the default although MNIST in Caffe is read so: on data
+  stored class by class (a folder of PNG sub-folders) every batch would hold one class;
+* ``feature_bn``: ``"running"`` (default) or ``"batch"``, Caffe's ``use_global_stats: false``
+  (batch statistics in the test phase too).  Not the default: a feature, and so ``predict``, would
+  depend on the images in the same batch;
+* ``cluster_bn`` (stage II): ``"frozen"`` (default) keeps the stage I running statistics, so
+  z_i = f(x_i) is the same function in lines 7 and 10 and the target R is the one the step
+  follows; ``"batch"`` trains on batch statistics, as Caffe's BatchNorm does in its TRAIN phase.
 
-The first author's Caffe conventions, as options (no DBC code is public; the first author's own
-Caffe fork is, GitHub fengfu-chris/caffe-twns, ``examples/mnist/lenet_tn.prototxt`` and its solver):
-``solver="caffe"`` (:func:`caffe_sgd`: SGD, momentum 0.9, weight decay 1e-4, conv biases at twice the
-step; the file's step 0.01 makes stage I diverge on the FCAE's Euclidean loss in its first epoch,
-so ``lr`` stays the step, 1e-3 measured stable), ``init="caffe"`` (``xavier``),
-``batch_order="file"`` (Caffe's LMDB data layer never shuffles: every epoch sees the batches in the
-data's order) and ``feature_bn="batch"`` (``use_global_stats: false``: batch statistics in the test
-phase too, so a feature depends on the batch it is computed in).  Not the defaults: the paper
-names none of them, and DBC as a whole is not better with them (MNIST-test, ``docs/results.md``);
-``feature_bn="batch"`` would also make ``predict`` of an image depend on the images beside it.
+The feature clustered is the output of the feature layer after its BN and ReLU (the sparse
+activations of Fig. 4); k-means on the conv's output, after its BN, or after the ReLU, with or
+without L2 normalisation measured alike (``docs/results.md``).  What each convention measured,
+stage I alone and DBC on MNIST-test and MNIST-full: ``docs/results.md``.
 """
 
 from __future__ import annotations
@@ -67,13 +60,13 @@ CAFFE_MOMENTUM, CAFFE_WEIGHT_DECAY, CAFFE_BIAS_LR = 0.9, 1e-4, 2.0  # caffe-twns
 FCAE_PARAMS = COMMON_PARAMS + Params(
     Param("pretrain_epochs", int, 50, "stage I epochs: the FCAE's reconstruction training (Algorithm 1 line 1)",
           ge=0, schedule=True),
-    Param("batch_size", int, 256, "mini-batch size", ge=1),
+    Param("batch_size", int, 50, "mini-batch size (the first author's Caffe files: 50)", ge=1),
     Param("lr", float, 1e-3, "step size of stage I", gt=0),
-    Param("solver", str, "adam", "optimiser of stage I (and II): Adam, or Caffe's SGD as the first author's "
-          "Caffe files set it (momentum 0.9, weight decay 1e-4, bias step x2, Euclidean loss 1/2 sum)",
-          choices=("adam", "caffe")),
-    Param("init", str, "glorot", "FCAE weights: Glorot-uniform, or Caffe's xavier U(+-sqrt(3 / fan_in)) as the "
-          "first author's Caffe files", choices=("glorot", "caffe")),
+    Param("solver", str, "caffe", "optimiser of both stages: Caffe's SGD as the first author's "
+          "Caffe files set it (momentum 0.9, weight decay 1e-4, bias step x2, Euclidean loss 1/2 sum), or Adam",
+          choices=("caffe", "adam")),
+    Param("init", str, "caffe", "FCAE weights: Caffe's xavier U(+-sqrt(3 / fan_in)) as the first author's Caffe "
+          "files, or Glorot-uniform", choices=("caffe", "glorot")),
     Param("batch_order", str, "shuffle", "mini-batches drawn at random each epoch, or in the data's own order "
           "every epoch (Caffe's LMDB data layer)", choices=("shuffle", "file")),
     Param("feature_bn", str, "running", "batch norm when features are extracted: running statistics, or the "
@@ -83,8 +76,8 @@ FCAE_PARAMS = COMMON_PARAMS + Params(
 )
 DBC_PARAMS = FCAE_PARAMS + Params(
     Param("epochs", int, 50, "stage II epochs: boosted self-training (Algorithm 2)", ge=0, schedule=True),
-    Param("cluster_lr", float, 1e-3, "Adam step size of stage II (the paper names one optimiser, no second "
-          "step)", gt=0),
+    Param("cluster_lr", float, 1e-3, "step size of stage II (the paper names one optimiser, no second step)",
+          gt=0),
     Param("cluster_bn", str, "frozen", "batch norm in stage II: frozen stage I statistics (lines 7 and 10 "
           "the same function) or batch statistics (Caffe's TRAIN phase)", choices=("frozen", "batch")),
     Param("alpha", float, 2.0, "boosting exponent alpha of the target R (eq 2)", gt=1),
@@ -114,11 +107,11 @@ def caffe_sgd(modules, lr, extra=()) -> dict:
 
 
 class FCAEPretraining(ReconstructionPretraining):
-    """Stage I, Algorithm 1 line 1: the FCAE on the Euclidean loss, with Adam or Caffe's SGD.
+    """Stage I, Algorithm 1 line 1: the FCAE on the Euclidean loss, with Caffe's SGD or Adam.
 
-    Adam minimises the mean of ||x - x^||^2 over pixels (the paper's sum up to a constant Adam
-    does not see); Caffe's SGD minimises Caffe's EuclideanLoss, 1/(2 N) sum_n ||x_n - x^_n||^2
-    (summed over pixels, averaged over the batch), so its gradient is P/2 times the mean's.
+    Caffe's SGD minimises Caffe's EuclideanLoss, 1/(2 N) sum_n ||x_n - x^_n||^2 (summed over pixels,
+    averaged over the batch), whose gradient is P/2 times that of the mean over pixels, which Adam
+    minimises (the paper's sum up to a constant Adam does not see).
     """
 
     def optimizers(self, est):
@@ -136,9 +129,9 @@ class FCAEPretraining(ReconstructionPretraining):
         x = X[est._backend.asarray(idx)]
         loss, ctx = OPS.mse(est._backend, dec(enc(x)), x)
         g, _ = ctx.backward()
-        half_pixels = est.n_features_in_ / 2.0
+        half_pixels = int(np.prod(x.shape[1:])) / 2.0
         enc.backward(dec.backward(g * half_pixels), input_grad=False)
-        return {"mse": float(loss)}
+        return {"mse": float(loss), "euclidean": float(loss) * half_pixels}  # the objective: Caffe's loss
 
 
 class BoostedSelfTraining(Phase):
