@@ -131,6 +131,15 @@ def _estimator_class(method):
     return estimator_class(method)
 
 
+def resolved_params(name, params) -> dict:
+    """Every hyperparameter of run ``name`` with ``params`` over the estimator's current defaults (all
+    but ``n_clusters``, ``random_state`` and ``verbose``, which the data, the seed and the log fix), as
+    JSON values: a record whose ``resolved`` differs was made with other defaults."""
+    est = _estimator_class(RUNS[name][0])(**{**RUNS[name][1], **params})
+    skip = ("n_clusters", "random_state", "verbose")
+    return json.loads(json.dumps({k: v for k, v in est.get_params().items() if k not in skip}, default=str))
+
+
 def run_key(suite, data, name, seed, params, features="none") -> str:
     key = [suite, data, name, seed, params] + ([features] if features != "none" else [])  # old keys unchanged
     blob = json.dumps(key, sort_keys=True)
@@ -223,6 +232,7 @@ def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, fi
         "key": run_key(suite, data, name, seed, params, features), "suite": suite, "data": data, "run": name,
         "method": method, "seed": seed, "params": params, "features": features, "n_images": int(len(X)),
         "acc": cluster_acc(y, labels), "nmi": nmi(y, labels), "ari": ari(y, labels),
+        "resolved": resolved_params(name, params),
         "seconds": round(wall, 2), "threads": threads or _cpu_threads(), **epoch_seconds(history),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "history": history,
     }
@@ -301,14 +311,16 @@ def _stack(plt, figs, path, title):
 def run_suite(suite, out, *, datasets=None, runs=None, seeds=None, params=(), data_home=None,
               threads=None, figures=None, loader=None, log=print, command=None, features="none"):
     """Run every planned run not yet in ``out``; returns the records written now."""
-    done = {r["key"] for r in read_records(out)}
+    done = {r["key"]: r for r in read_records(out)}
     todo = plan(suite, datasets, runs, seeds, params)
     new = []
     for data, name, seed, p in todo:
         key = run_key(suite, data, name, seed, p, features)
-        if key in done:
+        if key in done and done[key].get("resolved") == resolved_params(name, p):
             log(f"skip {suite} {data} {name} seed {seed} (already in {out})")
             continue
+        if key in done:  # the same run made with other defaults (or before they were recorded): made again
+            log(f"redo {suite} {data} {name} seed {seed} (the record in {out} has other defaults)")
         log(f"run  {suite} {data} {name} seed {seed} {json.dumps(p, sort_keys=True)}"
             + (f" features {features}" if features != "none" else ""))
         first = figures is not None and not any(
@@ -325,7 +337,7 @@ def run_suite(suite, out, *, datasets=None, runs=None, seeds=None, params=(), da
                 continue
             raise
         append_record(out, rec)
-        done.add(key)
+        done[key] = rec
         new.append(rec)
         log(f"  ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} ARI {rec['ari']:.4f}  {rec['seconds']:.1f} s")
     return new

@@ -79,6 +79,20 @@ def test_run_suite_records_and_resumes(tmp_path, fake_runs):
     assert len(ex.read_records(out)) == 3
 
 
+def test_a_run_made_with_other_defaults_is_made_again(tmp_path, fake_runs):
+    """A record keeps every hyperparameter it ran with; after a change of a default the suite redoes the
+    run (same key, so the report shows the new record only) instead of skipping it."""
+    out, logs = tmp_path / "runs.jsonl", []
+    (first,) = ex.run_suite("smoke", out, runs=["kmeans"], loader=blobs, log=logs.append)
+    assert first["resolved"] == ex.resolved_params("kmeans", {"n_init": 2}) and first["resolved"]["n_init"] == 2
+    assert ex.run_suite("smoke", out, runs=["kmeans"], loader=blobs, log=logs.append) == []
+    stale = [{**r, "resolved": {**r["resolved"], "input_scale": "minmax"}} for r in ex.read_records(out)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    (again,) = ex.run_suite("smoke", out, runs=["kmeans"], loader=blobs, log=logs.append)
+    assert any(m.startswith("redo smoke") for m in logs) and again["key"] == first["key"]
+    assert [r["resolved"]["input_scale"] for r in ex.summarize_latest(ex.read_records(out))] == ["none"]
+
+
 def test_features_runs_have_their_own_keys_and_report_rows(tmp_path, fake_runs, monkeypatch):
     """--features dsift-pca: k-means on DSIFT -> PCA features, recorded beside (not over) the pixel run."""
     monkeypatch.setenv("NBCLUST_CACHE", str(tmp_path / "cache"))
