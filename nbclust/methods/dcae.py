@@ -48,14 +48,15 @@ Two deviations, both options (``DCAE.PAPER`` holds the paper's reading:
   first epoch (all its ReLU outputs 0, a constant reconstruction).  Cause and the options
   rejected: :func:`architectures.dcae`.  The paper's all-sigmoid network (``"sigmoid"``)
   starts with a near-constant embedding (each sigmoid layer shrinks the spread between
-  samples by ~4x), so SGD first fits the mean image and stays there: on MNIST (60000
-  images, step 0.006) E1 sat at the mean image (304) for all of the 9 epochs run (5400 steps)
-  with the embedding's spread ~1e-3 and E2 ~1e-7.
+  samples by ~4x), and at the paper's step its decoder saturates in the first steps (below):
+  on MNIST (60000 images, step 0.006) E1 sat at a constant grey image (304; the mean image
+  would score 206) for all of the 9 epochs run (5400 steps) with the embedding's spread
+  ~1e-3 and E2 ~1e-7.
   Why the embedding keeps its sigmoid: E2 is not scale-invariant.  A linear embedding (the
   ReLU network before 2026-11-28) lets E1 spread h freely (MNIST-test, lambda = 0: per-
   dimension std 0.1 -> 12 in 6 epochs), E2 grows with the square of that scale, and SGD
   answers by shrinking h: at lambda = 0.2 the std fell to 1e-3 within the first epoch and
-  E1 stayed at the mean image (306.7).  With h in (0, 1)^d, E2 <= lambda d / 2 = 1 against
+  E1 stayed at a constant grey image (306.7).  With h in (0, 1)^d, E2 <= lambda d / 2 = 1 against
   E1 ~ 100-300, and E1 trains as without E2 (230 -> 125 in 12 epochs).
 * ``lr_pixels=64`` (default): E1 is summed over the P pixels (eq 3; MatConvNet sums
   the loss over pixels and averages the gradient over the batch), so its gradient and
