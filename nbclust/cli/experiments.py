@@ -18,7 +18,7 @@ the JSON-lines file: measured mean +- std beside the papers' numbers, per-epoch 
 commands; text between ``<!-- notes -->`` and ``<!-- /notes -->`` in an existing FILE is kept.
 
 ``--features dsift-pca`` runs every method on DSIFT -> PCA(300) features instead of the pixels
-(:mod:`nbclust.features`; computed once per data set and cached on disk); such runs have their own
+(:mod:`nbclust.data.features`; computed once per data set and cached on disk); such runs have their own
 keys and show ``features=dsift-pca`` in the report's settings column.
 
 ``--record DIR`` (repeatable) appends a finished ``python -m nbclust.fit --out DIR`` run to the log
@@ -155,7 +155,7 @@ def read_records(path) -> list[dict]:
 
 def append_record(path, record) -> None:
     """Append one JSON line to ``path``, rewriting the file atomically (no torn lines)."""
-    from nbclust import io
+    from nbclust.data import io
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def load_data(data, data_home=None, n_images=None, loader=None):
         if loader is not None:
             X, y = loader(data)
         else:
-            from nbclust import datasets
+            from nbclust.data import datasets
 
             X, y = datasets.load(data, data_home=data_home)
         if n_images is not None and n_images < len(X):
@@ -195,8 +195,8 @@ def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, fi
     """Fit one run; its record (settings, metrics, seconds, per-phase seconds per epoch, history)."""
     import numpy as np
 
-    from nbclust.fit import _set_threads, _thread_limit
-    from nbclust.metrics import ari, cluster_acc, nmi
+    from nbclust.cli.fit import _set_threads, _thread_limit
+    from nbclust.methods.metrics import ari, cluster_acc, nmi
 
     n_images = SMOKE["n_images"] if suite == "smoke" else None
     X, y = load_data(data, data_home, n_images, loader)
@@ -206,11 +206,11 @@ def run_one(suite, data, name, seed, params, *, data_home=None, threads=None, fi
     est = cls(**kwargs)
     _set_threads(threads)
     if features != "none":
-        from nbclust.features import as_estimator_input, features_for
+        from nbclust.data.features import as_estimator_input, features_for
 
         with _thread_limit(threads):
             X = as_estimator_input(features_for(features, X), est)
-    from nbclust.progress import Progress
+    from nbclust.cli.progress import Progress
 
     t0 = time.perf_counter()
     progress = Progress(est, quiet=log is None, write=None if log is None else lambda line: log("    " + line))
@@ -248,8 +248,8 @@ def _cpu_threads():
 
 def write_figure(folder, suite, data, name, est, X, y, labels, history, seed):
     """One small PNG: training curves (when there is more than one epoch) and t-SNE of the embedding."""
-    from nbclust.io import atomic_path
-    from nbclust.plots import _curves, _tsne, require_matplotlib
+    from nbclust.cli.plots import _curves, _tsne, require_matplotlib
+    from nbclust.data.io import atomic_path
 
     plt = require_matplotlib()
     folder.mkdir(parents=True, exist_ok=True)
@@ -320,7 +320,7 @@ def run_suite(suite, out, *, datasets=None, runs=None, seeds=None, params=(), da
                           figures=figures if first else None, loader=loader, log=log, features=features)
             rec["command"] = command
         except ValueError as exc:
-            if "not found" in str(exc):  # nbclust.datasets: a named set absent from every folder
+            if "not found" in str(exc):  # nbclust.data.datasets: a named set absent from every folder
                 log(f"  data set {data} unavailable, skipped: {' '.join(str(exc).split())[:200]}")
                 continue
             raise
@@ -497,7 +497,7 @@ def summarize_latest(records):
 
 def write_report(records_path, md_path):
     """Regenerate ``md_path`` from ``records_path`` (which must exist), keeping its notes section."""
-    from nbclust import io
+    from nbclust.data import io
 
     if not Path(records_path).is_file():
         raise ValueError(f"--out {records_path}: no such run log, so nothing to report; {md_path} is unchanged "
@@ -524,8 +524,8 @@ def build_parser():
     p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2 on MNIST-test and Yale B, 0 on the 70000 sets)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override an estimator parameter (TOML literal) in every run that has it")
-    p.add_argument("--data-home", help="folder searched first for the data sets (see nbclust.datasets)")
-    from nbclust.fit import FEATURES
+    p.add_argument("--data-home", help="folder searched first for the data sets (see nbclust.data.datasets)")
+    from nbclust.cli.fit import FEATURES
 
     p.add_argument("--features", default="none", choices=FEATURES,
                    help="cluster the pixels (none, default) or DSIFT -> PCA(300) features (dsift-pca; cached)")
@@ -547,7 +547,7 @@ def _split(text):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from nbclust.fit import _toml_value
+        from nbclust.cli.fit import _toml_value
 
         params = []
         for item in args.param:

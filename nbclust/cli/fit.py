@@ -5,7 +5,7 @@ nothing written), on a diverging fit (the estimators' ``FloatingPointError``: ``
 NaN in epoch N of phase P; lower --lr``, the last checkpoint kept) and on a failed write (the file
 and the cause named, the training state saved where it can be); 130 when interrupted by Ctrl-C
 (the latest training state is saved first, also during the final write; continue with ``--resume
-DIR``).  The output folder: :mod:`nbclust.rundir`; its files: :mod:`nbclust.results`.
+DIR``).  The output folder: :mod:`nbclust.cli.rundir`; its files: :mod:`nbclust.cli.results`.
 ``main(argv)`` returns 0 on success and raises ``SystemExit`` otherwise.  Heavy modules (numpy,
 numba, sklearn) are imported only after the arguments are parsed, so ``--help`` is fast.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from nbclust import __version__
 
+from nbclust.cli.rundir import CHECKPOINT, RunDir
 from nbclust.registry import BACKENDS, DATASETS, FEATURES, METHODS  # import-light: no numpy here
-from nbclust.rundir import CHECKPOINT, RunDir
 DEFAULTS = {
     "data": "digits", "data_home": None, "download": False, "n_clusters": None, "backend": "cpu",
     "threads": None, "seed": 0, "out": None, "plot": False, "checkpoint_every": 10, "quiet": False,
@@ -243,7 +243,7 @@ class Resume:
 
 
 def _read_checkpoint(folder):
-    from nbclust.io import load_state
+    from nbclust.data.io import load_state
 
     path = folder / CHECKPOINT
     if not path.exists():
@@ -342,7 +342,7 @@ def _run(argv):
     command = "python -m nbclust.fit " + shlex.join(str(a) for a in argv)
     changes = _resume_changes(opts, resume) if resume is not None else {}
     if opts["plot"]:
-        from nbclust.plots import require_matplotlib
+        from nbclust.cli.plots import require_matplotlib
 
         require_matplotlib()
     out = RunDir(_out_path(opts))
@@ -364,10 +364,10 @@ def _same_folder(a, b) -> bool:
 def _fit_and_write(opts, resume, changes, out, command):
     import numpy as np
 
-    from nbclust import datasets
+    from nbclust.data import datasets
 
     if opts["backend"] != "cpu" and opts["method"] != "kmeans":
-        from nbclust.backend import get_backend
+        from nbclust.engine.backend import get_backend
 
         get_backend(opts["backend"])  # ValueError for cuda without CuPy or GPU
     X, y = _load_data(opts, resume)
@@ -386,7 +386,7 @@ def _fit_and_write(opts, resume, changes, out, command):
         X, feature_info = _features(opts, X, est)
     state = {"last": None, "epochs": 0}
     t0 = time.perf_counter()
-    from nbclust.progress import Progress
+    from nbclust.cli.progress import Progress
 
     progress = Progress(est, quiet=opts["quiet"])
 
@@ -419,7 +419,7 @@ def _fit_and_write(opts, resume, changes, out, command):
                          f"{opts['method']} ({type(exc).__name__}: {exc}); it was written by another "
                          "version of nbclust or changed since") from None
     progress.close()
-    from nbclust import results
+    from nbclust.cli import results
 
     try:
         metrics = results.write(out, opts, est, X, y, time.perf_counter() - t0, feature_info, run)
@@ -453,7 +453,7 @@ def _save_and_stop(out, last, exc=None, writing=False):
 
 
 def _load_data(opts, resume):
-    from nbclust import datasets
+    from nbclust.data import datasets
 
     data = opts["data"]
     if resume is not None and data not in DATASETS and not os.path.exists(data):
@@ -506,7 +506,7 @@ def _check_path_params(opts, est):
 
 def _features(opts, X, est):
     """(the estimator's input for ``--features``, a record of how the features were made)."""
-    from nbclust.features import as_estimator_input, features_for
+    from nbclust.data.features import as_estimator_input, features_for
 
     with _thread_limit(opts["threads"]):
         F, info = features_for(opts["features"], X, return_info=True)

@@ -24,8 +24,8 @@ import sys
 
 import numpy as np
 
-from nbclust.backend import get_backend
-from nbclust.optable import OPS, Case, OpSpec
+from nbclust.engine.backend import get_backend
+from nbclust.engine.optable import OPS, Case, OpSpec
 from nbclust.registry import BACKENDS
 
 TOLERANCE = {"float64": 1e-6, "float32": 2e-2}
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     names = args.op or sorted(OPS)
     unknown = [n for n in names if n not in OPS]
     if unknown:
-        print(f"error: unknown op {unknown[0]!r}; see the op table in nbclust.optable", file=sys.stderr)
+        print(f"error: unknown op {unknown[0]!r}; see the op table in nbclust.engine.optable", file=sys.stderr)
         return 2
     tol = TOLERANCE[args.dtype]
     failed = 0
