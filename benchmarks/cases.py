@@ -24,7 +24,7 @@ import functools
 
 import numpy as np
 
-from nbclust import convshape
+from nbclust.engine import convshape
 
 # ----------------------------------------------------------------- networks
 
@@ -35,7 +35,7 @@ def _nbclust_nets(backend="cpu"):
     The torch runtime builds them on the ``reference`` backend (plain NumPy), so
     that no Numba thread pool starts in its process.
     """
-    from nbclust import nn
+    from nbclust.engine import nn
     from nbclust.methods.architectures import dcae, dcec, fcae
     from nbclust.methods.dctl import DCTLTransform
     from nbclust.methods.depict import DEPICTNet
@@ -64,7 +64,7 @@ EMBEDDINGS = ("dcae", "fcae", "dctl28", "dctl32", "depict", "dcec")
 
 
 def _leaves(modules):
-    from nbclust import nn
+    from nbclust.engine import nn
 
     for m in modules:
         if isinstance(m, nn.Sequential):
@@ -120,7 +120,7 @@ def _layer_key(layer, in_shape) -> str:
 @functools.cache
 def layer_configs():
     """{key: (network, index of the leaf layer)} of the distinct layer configurations, in network order."""
-    from nbclust.backend import get_backend
+    from nbclust.engine.backend import get_backend
 
     b = get_backend("reference")
     configs = {}
@@ -248,10 +248,10 @@ def _step_case(runtime, net, n):
             loss.backward()
             opt.step()
         return run, modules, x
-    from nbclust import nn
-    from nbclust.backend import get_backend
-    from nbclust.optable import OPS
-    from nbclust.optim import Adam
+    from nbclust.engine import nn
+    from nbclust.engine.backend import get_backend
+    from nbclust.engine.optable import OPS
+    from nbclust.engine.optim import Adam
 
     b = get_backend("cpu")
     model = nn.Sequential(*modules)
@@ -288,7 +288,7 @@ def _embed_case(runtime, net, n):
 
 def _layer_case(runtime, key, mode, n):
     """One layer of a network, fed a random input of its traced shape (its pool run first for an unpool)."""
-    from nbclust.backend import get_backend
+    from nbclust.engine.backend import get_backend
 
     net, index = layer_configs()[key]
     shape, modules, _ = _nbclust_nets(_backend_of(runtime))[net]
@@ -329,7 +329,7 @@ def _layer_case(runtime, key, mode, n):
 
 def build(runtime: str, name: str):
     """(callable doing one repetition, useful FLOPs per repetition) of the case ``name``."""
-    from nbclust.backend import get_backend
+    from nbclust.engine.backend import get_backend
 
     kind, rest = name.split("/", 1)
     rest, batch = rest.rsplit("/", 1)

@@ -19,8 +19,8 @@ import sys
 
 import numpy as np
 
-from nbclust.backend import get_backend
-from nbclust.optable import OPS
+from nbclust.engine.backend import get_backend
+from nbclust.engine.optable import OPS
 
 
 def _op_configs(n: int) -> dict:
@@ -134,7 +134,7 @@ def _autoencoder_steps(n: int, dtype):
     import cupy
     import torch
 
-    from nbclust import nn, optim
+    from nbclust.engine import nn, optim
 
     kw = dict(backend="cuda", dtype=dtype, rng=0)
     net = nn.Sequential(

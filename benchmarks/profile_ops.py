@@ -26,8 +26,8 @@ def main(argv=None) -> int:
 
     set_threads(args.threads, "nbclust")
     import cases
-    from nbclust.backend import Implementation, get_backend
-    from nbclust.optable import OPS
+    from nbclust.engine.backend import Implementation, get_backend
+    from nbclust.engine.optable import OPS
 
     backend = get_backend("cpu")
     spent = defaultdict(float)

@@ -17,9 +17,9 @@ import sys
 def compile_all() -> None:
     import numpy as np
 
-    from nbclust.backend import get_backend
-    from nbclust.gradcheck import cast_inputs, run_op
-    from nbclust.optable import OPS, Case
+    from nbclust.engine.backend import get_backend
+    from nbclust.engine.gradcheck import cast_inputs, run_op
+    from nbclust.engine.optable import OPS, Case
 
     cpu, rng = get_backend("cpu"), np.random.default_rng(0)
     problems = [(spec, case) for spec in OPS.values() for case in spec.cases(rng)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nbclust import DEPICT
-from nbclust.metrics import cluster_acc, nmi
+from nbclust.methods.metrics import cluster_acc, nmi
 
 
 def main():
@@ -56,7 +56,7 @@ def main():
 
             labels = KMeans(10, n_init=20, random_state=args.seed).fit_predict(Z)
         else:
-            from nbclust.acpic import ACPIC
+            from nbclust.methods.acpic import ACPIC
 
             labels = ACPIC(10).fit_predict(Z)
             print(f"agreement with the authors' AC-PIC labels (ACC): {cluster_acc(authors['acpic_labels'], labels):.4f}")

@@ -12,6 +12,7 @@ They take effect only if nbclust is imported before NumPy loads OpenBLAS (the
 CLI always is).
 """
 
+import importlib
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -21,7 +22,11 @@ from nbclust.methods import ESTIMATORS as _ESTIMATORS  # noqa: E402
 
 __version__ = "0.1.0"
 
-_OTHERS = {"ACPIC": "nbclust.acpic", "DenseSIFT": "nbclust.features"}
+_OTHERS = {"ACPIC": "nbclust.methods.acpic", "DenseSIFT": "nbclust.data.features"}
+_MODULES = {"nn": "nbclust.engine.nn", "optim": "nbclust.engine.optim",
+            "datasets": "nbclust.data.datasets", "features": "nbclust.data.features"}
+"""The modules offered by a short name (``from nbclust import nn, optim``, ``nbclust.datasets.load``):
+each name is the module of its floor itself, imported when first used."""
 
 __all__ = ["__version__", *_ESTIMATORS, *_OTHERS]
 
@@ -32,7 +37,7 @@ def __getattr__(name):
 
         return getattr(methods, name)
     if name in _OTHERS:
-        import importlib
-
         return getattr(importlib.import_module(_OTHERS[name]), name)
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     raise AttributeError(f"module 'nbclust' has no attribute {name!r}")

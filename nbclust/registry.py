@@ -2,8 +2,8 @@
 
 ``python -m nbclust.fit --help`` builds its choices from here without importing NumPy,
 Numba or scikit-learn; the modules that implement the names read them from here too
-(:mod:`nbclust.methods`, :mod:`nbclust.backend`, :mod:`nbclust.datasets`,
-:mod:`nbclust.features`), so there is no second copy to keep in step.  Adding a method is
+(:mod:`nbclust.methods`, :mod:`nbclust.engine.backend`, :mod:`nbclust.data.datasets`,
+:mod:`nbclust.data.features`), so there is no second copy to keep in step.  Adding a method is
 its module plus one line in :data:`METHODS`.
 """
 
@@ -14,17 +14,17 @@ METHODS = {
     "dctl": ("nbclust.methods.dctl", "DCTL"),
     "depict": ("nbclust.methods.depict", "DEPICT"),
     "dcec": ("nbclust.methods.dcec", "DCEC"),
-    "kmeans": ("nbclust.baseline", "KMeansPixels"),
-    "acpic": ("nbclust.baseline", "ACPICPixels"),
+    "kmeans": ("nbclust.methods.baseline", "KMeansPixels"),
+    "acpic": ("nbclust.methods.baseline", "ACPICPixels"),
 }
 """``--method`` name -> (module, class) of its estimator."""
 
 BACKENDS = ("reference", "cpu", "cuda")
-"""The array backends (:func:`nbclust.backend.get_backend`)."""
+"""The array backends (:func:`nbclust.engine.backend.get_backend`)."""
 
 DATASETS = ("digits", "mnist", "mnist-test", "mnist-full", "fashion-mnist", "fashion-mnist-train",
             "fashion-mnist-test", "usps", "coil20", "yaleb")
-"""The named data sets of :func:`nbclust.datasets.load`."""
+"""The named data sets of :func:`nbclust.data.datasets.load`."""
 
 FEATURES = ("none", "dsift-pca")
-"""What a method clusters (:func:`nbclust.features.features_for`): the pixels, or dense SIFT + PCA."""
+"""What a method clusters (:func:`nbclust.data.features.features_for`): the pixels, or dense SIFT + PCA."""

@@ -1,4 +1,4 @@
-"""Reference conv ops (see nbclust.optable: arguments arrive validated, stride and kernel as
+"""Reference conv ops (see nbclust.engine.optable: arguments arrive validated, stride and kernel as
 pairs, padding as ``((top, bottom), (left, right))``).
 
 Convolutions go through im2col: ``cols[n, (c, i, j), (ho, wo)] =
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust import convshape
+from nbclust.engine import convshape
 
 
 def _im2col(xpad, kernel, stride, out_hw):

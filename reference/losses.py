@@ -1,4 +1,4 @@
-"""Reference losses and clustering terms (see nbclust.optable for the calling convention).
+"""Reference losses and clustering terms (see nbclust.engine.optable for the calling convention).
 
 Every loss returns a 0-d array of its inputs' dtype; ``grad_out`` is the
 scalar gradient of the objective w.r.t. that value.  Array-module generic
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust.optable.clustering import check_rank
+from nbclust.engine.optable.clustering import check_rank
 from nbclust.reference._runtime import array_module
 
 

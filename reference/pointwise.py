@@ -6,7 +6,7 @@ backend reuses softmax, log_softmax, batch_norm and dropout from here.
 
 from __future__ import annotations
 
-from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
+from nbclust.engine.optable.pointwise import SELU_ALPHA, SELU_SCALE
 from nbclust.reference._runtime import array_module
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nbclust import fit
+from nbclust.cli import fit
 
 TESTS = Path(__file__).parent
 FAKE = ["--method", "fake", "--epochs", "2", "--pretrain-epochs", "1", "--quiet"]
 WRAPPER = (
-    "import sys; sys.path.insert(0, {tests!r}); import nbclust.fit as f; "
+    "import sys; sys.path.insert(0, {tests!r}); import nbclust.cli.fit as f; "
     "f.METHODS['fake'] = ('fake_estimator', 'FakeClusterer'); sys.exit(f.main(sys.argv[1:]))"
 )
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from nbclust.backend import BACKENDS, cuda_available, get_backend
-from nbclust.gradcheck import cast_inputs, run_op
-from nbclust.optable import FAMILIES, OPS
+from nbclust.engine.backend import BACKENDS, cuda_available, get_backend
+from nbclust.engine.gradcheck import cast_inputs, run_op
+from nbclust.engine.optable import FAMILIES, OPS
 
 AVAILABLE_BACKENDS = [b for b in BACKENDS if b != "cuda" or cuda_available()]
 

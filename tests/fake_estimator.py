@@ -15,7 +15,7 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from nbclust.io import load_state, save_state
+from nbclust.data.io import load_state, save_state
 
 
 class _Table(tuple):
@@ -48,7 +48,7 @@ class FakeClusterer(BaseEstimator, ClusterMixin, TransformerMixin):
         return Z @ self.W_
 
     def fit(self, X, y=None, *, callback=None, resume=None):
-        from nbclust.metrics import ari, cluster_acc, nmi
+        from nbclust.methods.metrics import ari, cluster_acc, nmi
 
         if not self.lr > 0 or not self.alpha > 1 or self.batch_size < 1 or self.epochs < 0:
             raise ValueError("invalid hyperparameters")

@@ -1,4 +1,4 @@
-"""ACPIC (nbclust.acpic): AC-PIC against a dense, obvious re-implementation of the released
+"""ACPIC (nbclust.methods.acpic): AC-PIC against a dense, obvious re-implementation of the released
 DEPICT/gactoolbox code, on data with known structure, determinism, validation, edge cases."""
 
 import numpy as np
@@ -7,8 +7,8 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs, make_circles, make_moons
 
-from nbclust.acpic import ACPIC
-from nbclust.metrics import cluster_acc
+from nbclust.methods.acpic import ACPIC
+from nbclust.methods.metrics import cluster_acc
 
 
 # ------------------------------------------------------------------------------------------

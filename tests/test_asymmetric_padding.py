@@ -1,7 +1,7 @@
 """Asymmetric conv padding ``((top, bottom), (left, right))`` and TensorFlow's "same" (``"tf_same"``):
 shape rules, the adjoint identity on every backend, torch parity, the layers and DCEC's Keras geometry.
 
-The op table's asymmetric cases (nbclust/optable/conv.py) are also run by the finite-difference and
+The op table's asymmetric cases (nbclust/engine/optable/conv.py) are also run by the finite-difference and
 backend-agreement tests of tests/test_ops.py and the simulated CuPy backend of tests/test_gpu.py.
 """
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from nbclust import convshape, nn
-from nbclust.backend import Backend, get_backend
-from nbclust.optable import OPS
+from nbclust.engine import convshape, nn
+from nbclust.engine.backend import Backend, get_backend
+from nbclust.engine.optable import OPS
 
 from conftest import AVAILABLE_BACKENDS, rel_err
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from nbclust import nn, optim
+from nbclust.engine import nn, optim
 from nbclust.methods import architectures
 from nbclust.methods.dbc import CAFFE_BIAS_LR, DBC, FCAEKMeans
 from nbclust.methods.dcae import DCAE

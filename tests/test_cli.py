@@ -1,6 +1,6 @@
 """``python -m nbclust.fit``: outputs, options, config, and one clear ``error:`` line per bad input.
 
-Most tests drive ``nbclust.fit.main(argv)`` in-process with the pure-NumPy FakeClusterer
+Most tests drive ``nbclust.cli.fit.main(argv)`` in-process with the pure-NumPy FakeClusterer
 (tests/fake_estimator.py); subprocesses only where the exit status or a traceback matters.
 """
 
@@ -15,9 +15,9 @@ import pytest
 
 from cli_helpers import FAKE, cli, fake_method, run, small_npz  # noqa: F401  (fake_method: a fixture)
 from fake_estimator import FakeClusterer
-from nbclust import fit
-from nbclust.backend import cuda_available
-from nbclust.datasets import load
+from nbclust.cli import fit
+from nbclust.data.datasets import load
+from nbclust.engine.backend import cuda_available
 
 pytestmark = pytest.mark.usefixtures("fake_method")
 
@@ -211,7 +211,7 @@ def test_resume_refuses_other_method_or_data(tmp_path, capsys):
         if record["epoch"] == 1:
             state["s"] = est.training_state()
 
-    from nbclust.io import save_state
+    from nbclust.data.io import save_state
 
     FakeClusterer(10, epochs=2, pretrain_epochs=1, random_state=0).fit(
         load("digits")[0], callback=stop)
@@ -360,8 +360,8 @@ def test_pca_with_fewer_images_than_components_says_so(tmp_path, capsys, monkeyp
 
 def test_real_method_resumes_with_a_changed_epoch_cap(tmp_path, capsys, monkeypatch):
     """Needs the tables' schedule parameters (``Param(schedule=True)``, issue 24's estimator side)."""
+    from nbclust.cli.rundir import RunDir
     from nbclust.methods import estimator_class
-    from nbclust.rundir import RunDir
 
     if "epochs" not in getattr(estimator_class("dcae").hyperparameters, "schedule", ()):
         pytest.skip("the estimators' tables declare no schedule parameters yet")

@@ -18,8 +18,9 @@ import pytest
 
 from cli_helpers import FAKE, cli, fake_method, listing, run, small_npz  # noqa: F401  (fake_method: a fixture)
 from fake_estimator import FakeClusterer
-from nbclust import io, rundir
-from nbclust.datasets import load
+from nbclust.cli import rundir
+from nbclust.data import io
+from nbclust.data.datasets import load
 
 pytestmark = pytest.mark.usefixtures("fake_method")
 DIVERGE = [*FAKE, "--epochs", "3", "--checkpoint-every", "1", "--param", "diverge_at=3"]

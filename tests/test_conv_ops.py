@@ -5,10 +5,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from nbclust import convshape
-from nbclust.backend import get_backend
-from nbclust.gradcheck import run_op
-from nbclust.optable import OPS
+from nbclust.engine import convshape
+from nbclust.engine.backend import get_backend
+from nbclust.engine.gradcheck import run_op
+from nbclust.engine.optable import OPS
 
 from conftest import rel_err
 

@@ -4,9 +4,9 @@ import numba
 import numpy as np
 import pytest
 
-from nbclust.backend import get_backend
-from nbclust.gradcheck import run_op
-from nbclust.optable import OPS
+from nbclust.engine.backend import get_backend
+from nbclust.engine.gradcheck import run_op
+from nbclust.engine.optable import OPS
 
 CPU, REF = get_backend("cpu"), get_backend("reference")
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, -1e-7, 1e-7, -88.0, -100.0, -103.9, -104.0, -200.0]

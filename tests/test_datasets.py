@@ -1,4 +1,4 @@
-"""nbclust.datasets: names, file formats, search order, validation and verified offline download."""
+"""nbclust.data.datasets: names, file formats, search order, validation and verified offline download."""
 
 import bz2
 import functools
@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
-from nbclust import datasets
+from nbclust.data import datasets
 
 
 @pytest.fixture(autouse=True)

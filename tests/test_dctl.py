@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from nbclust import DCTL
-from nbclust.baseline import KMeansPixels
+from nbclust.methods.baseline import KMeansPixels
 from nbclust.methods.dctl import DCTLTransform, dctl_layout, impulse_offsets, initial_filters
-from nbclust.scaling import minmax_apply, minmax_statistics
+from nbclust.methods.scaling import minmax_apply, minmax_statistics
 from test_methods_b import _check_batch_loss_gradient, _vectors
 
 
@@ -95,7 +95,7 @@ def test_impulse_start_first_partition_is_kmeans_of_the_input():
     """init="impulse", epochs=0: the labels are k-means of the (min-max scaled) input itself."""
     from sklearn.cluster import KMeans
 
-    from nbclust.metrics import cluster_acc
+    from nbclust.methods.metrics import cluster_acc
 
     x, y = _vectors(n_per=30, d=60)
     est = DCTL(3, backend="reference", random_state=0, epochs=0, init="impulse").fit(x)

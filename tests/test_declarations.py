@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import nbclust
-from nbclust import experiments, fit, methods
+from nbclust import methods
+from nbclust.cli import experiments, fit
 from nbclust.methods import clustering
 from nbclust.methods.params import ANY, COMMON_PARAMS, Param, Params, read_hyperparameters
 from nbclust.methods.phases import Phase, Step
@@ -148,11 +149,11 @@ def test_adding_a_method_is_a_module_and_a_registry_line(tmp_path, monkeypatch, 
     then has its flag, help and validation, and runs it."""
     (tmp_path / "toy_method.py").write_text('''
 import numpy as np
-from nbclust import nn, optim
+from nbclust.engine import nn, optim
+from nbclust.engine.optable import OPS
 from nbclust.methods.base import DeepClusterer
 from nbclust.methods.params import COMMON_PARAMS, Param, Params
 from nbclust.methods.phases import KMeansInit, Phase
-from nbclust.optable import OPS
 
 TOY_PARAMS = COMMON_PARAMS + Params(
     Param("epochs", int, 1, "epochs", ge=0),
@@ -204,7 +205,7 @@ class Toy(DeepClusterer):
 
 
 # ------------------------------------------------------------------ the phases
-@pytest.mark.parametrize("method", [m for m, (mod, _) in methods.METHODS.items() if mod.startswith("nbclust.methods")])
+@pytest.mark.parametrize("method", [m for m, (_, cls) in methods.METHODS.items() if cls in methods.ESTIMATORS])
 def test_phases_are_objects_in_order(method):
     cls = methods.estimator_class(method)
     names = [s.name for s in cls.phases]
@@ -242,8 +243,8 @@ def test_soft_assign_is_students_t():
     for v in (1.0, 2.0):
         q = (1 + d2 / v) ** (-(v + 1) / 2)
         np.testing.assert_allclose(clustering.soft_assign(Z, C, v), q / q.sum(1, keepdims=True), rtol=1e-12)
-    from nbclust.backend import get_backend
-    from nbclust.optable import OPS
+    from nbclust.engine.backend import get_backend
+    from nbclust.engine.optable import OPS
 
     s, _ = OPS.student_t(get_backend("reference"), Z, C, v=1.0)  # the op of the training step
     np.testing.assert_allclose(clustering.soft_assign(Z, C), s, rtol=1e-12)
@@ -272,7 +273,7 @@ def test_kmeans_helpers():
 
 
 def test_row_adam_updates_only_its_rows_with_per_row_steps():
-    from nbclust.optim import RowAdam
+    from nbclust.engine.optim import RowAdam
 
     rng = np.random.default_rng(0)
     data = rng.normal(size=(5, 3))
@@ -305,16 +306,16 @@ def test_losses_through_the_op_table():
     import nbclust.methods.dctl as dctl
 
     assert "def _op" not in Path(dctl.__file__).read_text()
-    from nbclust.backend import get_backend
-    from nbclust.optable import OPS
+    from nbclust.engine.backend import get_backend
+    from nbclust.engine.optable import OPS
 
     value, ctx = OPS.frobenius(get_backend("reference"), np.array([[1.0, 2.0]]))
     assert value == 5.0 and np.array_equal(ctx.backward()[0], [[2.0, 4.0]])
 
 
 def test_cpu_compiles_every_op_but_reshape():
-    from nbclust.backend import get_backend
-    from nbclust.optable import OPS
+    from nbclust.engine.backend import get_backend
+    from nbclust.engine.optable import OPS
 
     assert "balance_kl" not in OPS  # no method used it
     assert get_backend("cpu").fallbacks == {"reshape"}

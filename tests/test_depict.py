@@ -5,7 +5,7 @@ import pytest
 
 from nbclust.methods.base import DeepClusterer
 from nbclust.methods.depict import DEPICT, DEPICTNet, depict_target, lasagne_state
-from nbclust.metrics import cluster_acc
+from nbclust.methods.metrics import cluster_acc
 from test_methods_b import _blobs, _digits, _fd_check
 
 

@@ -15,11 +15,11 @@ from sklearn.base import clone, is_clusterer
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from nbclust.acpic import ACPIC
-from nbclust.baseline import ACPICPixels, KMeansPixels
-from nbclust.io import load_state, save_state
+from nbclust.data.io import load_state, save_state
 from nbclust.methods import ESTIMATORS, available
+from nbclust.methods.acpic import ACPIC
 from nbclust.methods.base import DeepClusterer, DivergenceError, expected_failed_checks
+from nbclust.methods.baseline import ACPICPixels, KMeansPixels
 from test_methods_a import toy_images
 
 CLASSES = available()

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fake_estimator import FakeClusterer  # noqa: F401  (imported by name through fit.METHODS)
 
-from nbclust import experiments as ex
-from nbclust import fit
+from nbclust.cli import experiments as ex
+from nbclust.cli import fit
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ def test_smoke_suite_on_mnist_subset(tmp_path):
 
 def test_figure_is_small_png(tmp_path, fake_runs, monkeypatch):
     pytest.importorskip("matplotlib")
-    from nbclust import plots
+    from nbclust.cli import plots
 
     def fast_tsne(plt, embedding, labels, y, seed):  # the layout without t-SNE's cost
         fig, ax = plt.subplots()

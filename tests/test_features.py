@@ -1,4 +1,4 @@
-"""nbclust.features: dense SIFT (VLFeat's vl_dsift), its geometry and invariances, agreement with
+"""nbclust.data.features: dense SIFT (VLFeat's vl_dsift), its geometry and invariances, agreement with
 VLFeat's own libvl through ctypes (skipped when the library is absent), and the cached DSIFT -> PCA."""
 
 import ctypes
@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from nbclust import features as ft
-from nbclust.baseline import KMeansPixels
-from nbclust.features import DenseSIFT, as_estimator_input, dsift_pca, dsift_pca_pipeline, keypoint_grid
+from nbclust.data import features as ft
+from nbclust.data.features import DenseSIFT, as_estimator_input, dsift_pca, dsift_pca_pipeline, keypoint_grid
+from nbclust.methods.baseline import KMeansPixels
 
 
 def smooth_image(h, w, seed=0):
@@ -320,7 +320,7 @@ def test_dsift_pca_helps_kmeans_on_digits():
     """Not a benchmark: on 600 digits, k-means on DSIFT-PCA is at least as good as on pixels."""
     from sklearn.cluster import KMeans
 
-    from nbclust.metrics import cluster_acc
+    from nbclust.methods.metrics import cluster_acc
 
     X, y = digits_uint8(600)
     F = dsift_pca(X, n_components=60, cache_dir=False)

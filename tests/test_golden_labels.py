@@ -101,7 +101,7 @@ CONFIGS = {
     "kmeans": ("KMeansPixels", {"n_init": 2}),
     "acpic": ("ACPICPixels", {}),
 }
-BASELINES = ("KMeansPixels", "ACPICPixels")  # in nbclust.baseline, without a backend
+BASELINES = ("KMeansPixels", "ACPICPixels")  # in nbclust.methods.baseline, without a backend
 
 
 def digits():
@@ -115,7 +115,7 @@ def make(cls_name, params):
     import importlib
 
     if cls_name in BASELINES:
-        cls = getattr(importlib.import_module("nbclust.baseline"), cls_name)
+        cls = getattr(importlib.import_module("nbclust.methods.baseline"), cls_name)
         return cls(10, random_state=0, **params)
     import nbclust
 

@@ -9,7 +9,7 @@ Two layers of checks:
   expressions against the reference: agreement, finite differences, ties and
   repeated unpooling indices.  The CUDA bodies are also compiled by NVRTC
   where CuPy and NVRTC are installed (no GPU needed for that either).
-- *On a GPU* (skipped unless ``nbclust.backend.cuda_available()``): torch CUDA
+- *On a GPU* (skipped unless ``nbclust.engine.backend.cuda_available()``): torch CUDA
   parity for every op with a torch equivalent, bit-identical repeated runs,
   and DCTL/DBC fits on backend "cuda" vs "cpu".  tests/test_ops.py also runs
   its finite-difference and agreement tests on "cuda" whenever it is available.
@@ -27,9 +27,9 @@ import types
 import numpy as np
 import pytest
 
-from nbclust.backend import Backend, cuda_available, get_backend
-from nbclust.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
-from nbclust.optable import OPS
+from nbclust.engine.backend import Backend, cuda_available, get_backend
+from nbclust.engine.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
+from nbclust.engine.optable import OPS
 
 from conftest import assert_declared_backend, assert_matches_reference, rel_err
 
@@ -378,7 +378,7 @@ def test_fit_on_cuda_matches_cpu(method):
     est_cls = methods.available().get(method)
     if est_cls is None:
         pytest.skip(f"nbclust.methods has no {method} yet")
-    from nbclust.metrics import cluster_acc
+    from nbclust.methods.metrics import cluster_acc
 
     x, y = _blobs()
     accs, labels = {}, {}

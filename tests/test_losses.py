@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from nbclust.backend import get_backend
-from nbclust.gradcheck import run_op
-from nbclust.optable import OPS
+from nbclust.engine.backend import get_backend
+from nbclust.engine.gradcheck import run_op
+from nbclust.engine.optable import OPS
 
 from conftest import AVAILABLE_BACKENDS
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
+from nbclust.engine.optable import OPS
 from nbclust.methods.clustering import dec_target, target, update_centers
 from nbclust.methods.dbc import DBC, FCAEKMeans
 from nbclust.methods.dcae import DCAE
 from nbclust.methods.dcec import DCEC
-from nbclust.metrics import cluster_acc
-from nbclust.optable import OPS
+from nbclust.methods.metrics import cluster_acc
 
 
 def toy_images(n_per=30, size=8, k=4, seed=0, noise=0.1):
@@ -133,7 +133,7 @@ def test_dcae_step_size_scales_with_pixels():
 
 def test_dcae_decoder_outputs_logits_and_reconstruct_applies_the_sigmoid():
     """E1 is bce_with_logits on the decoder's logits, on the old scale (P x the per-pixel mean)."""
-    from nbclust import nn
+    from nbclust.engine import nn
 
     X, _ = toy_images(n_per=3)
     est = DCAE(4, backend="reference", random_state=0, epochs=1, batch_size=12).fit(X)
@@ -159,7 +159,7 @@ def _digits():
 
 def test_dcae_paper_sigmoid_network_collapses_and_default_does_not():
     """The cause of the paper reading's poor ACC: its embedding barely spreads (see dcae.py)."""
-    from nbclust import nn
+    from nbclust.engine import nn
 
     X, y = _digits()
     X, y = X[:600], y[:600]
@@ -174,7 +174,7 @@ def test_dcae_paper_sigmoid_network_collapses_and_default_does_not():
 def test_dcae_embedding_is_bounded_so_e2_cannot_grow_with_its_scale(activation):
     """The embedding keeps the paper's sigmoid under either activation (see dcae.py): however
     large the last dense layer's weights, h stays in (0, 1)^d and E2 <= lambda d / 2."""
-    from nbclust import nn
+    from nbclust.engine import nn
     from nbclust.methods.clustering import nearest
 
     X, _ = _digits()
@@ -192,7 +192,7 @@ def test_dcae_embedding_is_bounded_so_e2_cannot_grow_with_its_scale(activation):
 def test_dcae_matconvnet_init_draws_each_layer_from_its_input_fan():
     """init="matconvnet": U(+-sqrt(3 / (kh kw in))) with ``in`` the input channels, for the
     transposed convs too (250 maps in, 12x12 at 28x28: bound 0.0091, not torch's 0.072)."""
-    from nbclust import nn
+    from nbclust.engine import nn
     from nbclust.methods.architectures import dcae
 
     enc, dec = dcae((1, 28, 28), init="matconvnet", rng=0)
@@ -222,7 +222,7 @@ def test_dcae_relu_decoder_keeps_its_four_maps_alive(seed):
     Seeds 0 and 6 lose all 4 maps with zero biases, 5 and 6 with bias 0.01 (E1 then stays
     at ~39.4, a constant reconstruction); with bias 0.1 at most 1 map of 4 dies (seeds 0-19).
     """
-    from nbclust import nn
+    from nbclust.engine import nn
 
     X, _ = _digits()
     est = DCAE(10, random_state=seed, epochs=2).fit(X)
@@ -352,7 +352,7 @@ def test_digits_loss_decreases(cls):
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 16, 16), (1, 28, 28), (1, 32, 32), (1, 64, 64), (3, 12, 20)])
 @pytest.mark.parametrize("builder", ["dcae", "fcae", "dcec"])
 def test_architectures_restore_the_image_shape(builder, shape):
-    from nbclust.backend import get_backend
+    from nbclust.engine.backend import get_backend
     from nbclust.methods import architectures
 
     enc, dec = getattr(architectures, builder)(shape, backend="cpu", dtype=np.float32, rng=0)
@@ -412,7 +412,7 @@ def test_dcae_centre_update_modes_both_cluster_toys_and_resume_exactly(tmp_path)
 def test_dbc_stage_two_batch_norm_mode(mode):
     """"frozen": stage II leaves the stage I running statistics alone; "batch" trains on batch
     statistics (Caffe's TRAIN phase), so the running statistics move."""
-    from nbclust import nn
+    from nbclust.engine import nn
 
     X, y = toy_images()
     stats = {}

@@ -6,7 +6,7 @@ import pytest
 from nbclust.methods.base import DeepClusterer
 from nbclust.methods.dctl import DCTL, DCTLTransform, batch_kmeans, dctl_layout, vector_map_shape
 from nbclust.methods.depict import DEPICT
-from nbclust.metrics import cluster_acc
+from nbclust.methods.metrics import cluster_acc
 
 
 def _blobs(n_per=20, size=8, seed=0):
@@ -251,7 +251,7 @@ def test_dctl_objective_gradient_vector_readings(reading, n_layers, mean):
 def test_dctl_1d_reading_is_a_convolution_along_the_vector():
     """Reading "1d" = conv 1x9 "same" -> max-pool 1x2 -> SELU -> conv 1x9 over the 3 channels ->
     max-pool 1x2 (T2 stored folded as (3, 1, 3, 9): the same (3, 27) filter matrix)."""
-    from nbclust import nn
+    from nbclust.engine import nn
 
     rng = np.random.default_rng(0)
     kw = dict(backend="reference", dtype=np.float64)

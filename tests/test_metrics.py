@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from nbclust.metrics import ari, cluster_acc, nmi
+from nbclust.methods.metrics import ari, cluster_acc, nmi
 
 
 def brute_acc(y, c):

@@ -1,10 +1,10 @@
-"""nbclust.nn layers against torch.nn: forward, input and parameter gradients, buffers; module mechanics."""
+"""nbclust.engine.nn layers against torch.nn: forward, input and parameter gradients, buffers; module mechanics."""
 
 import numpy as np
 import pytest
 
-from nbclust import nn
-from nbclust.backend import get_backend
+from nbclust.engine import nn
+from nbclust.engine.backend import get_backend
 
 from conftest import AVAILABLE_BACKENDS
 
@@ -267,7 +267,7 @@ def test_train_eval_flags():
 
 
 def test_state_dict_round_trip(tmp_path):
-    from nbclust.io import load_state, save_state
+    from nbclust.data.io import load_state, save_state
 
     be = get_backend("reference")
     a, b = _net("reference", np.float64, seed=1), _net("reference", np.float64, seed=2)

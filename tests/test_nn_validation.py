@@ -1,9 +1,9 @@
-"""Every bad argument to an nbclust.nn layer raises a one-line ValueError naming the problem."""
+"""Every bad argument to an nbclust.engine.nn layer raises a one-line ValueError naming the problem."""
 
 import numpy as np
 import pytest
 
-from nbclust import nn
+from nbclust.engine import nn
 
 KW = dict(backend="reference", dtype=np.float64)
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nbclust import gradcheck, reference
-from nbclust.backend import Backend, get_backend
-from nbclust.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
-from nbclust.optable import FAMILIES, OPS, Case, OpSpec
+from nbclust import reference
+from nbclust.engine import gradcheck
+from nbclust.engine.backend import Backend, get_backend
+from nbclust.engine.gradcheck import TOLERANCE, cast_inputs, check_op, run_op
+from nbclust.engine.optable import FAMILIES, OPS, Case, OpSpec
 
 from conftest import (
     AVAILABLE_BACKENDS, assert_declared_backend, assert_matches_reference, assert_no_stray_implementations,

@@ -1,11 +1,11 @@
-"""nbclust.optim against torch.optim over several steps of a small network; state round trip; validation."""
+"""nbclust.engine.optim against torch.optim over several steps of a small network; state round trip; validation."""
 
 import numpy as np
 import pytest
 
-from nbclust import nn
-from nbclust.backend import get_backend
-from nbclust.optim import SGD, Adam
+from nbclust.engine import nn
+from nbclust.engine.backend import get_backend
+from nbclust.engine.optim import SGD, Adam
 
 from conftest import AVAILABLE_BACKENDS
 
@@ -65,7 +65,7 @@ def test_optimizer_matches_torch(kind, config, backend):
 
 @pytest.mark.parametrize("kind,config", [CONFIGS[3], CONFIGS[5]], ids=["SGD", "Adam"])
 def test_state_dict_round_trip_resumes_exactly(kind, config, tmp_path):
-    from nbclust.io import load_state, save_state
+    from nbclust.data.io import load_state, save_state
 
     x, t = _data()
     straight = _net("reference")

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from nbclust.backend import get_backend
-from nbclust.gradcheck import run_op
-from nbclust.optable import OPS
-from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
+from nbclust.engine.backend import get_backend
+from nbclust.engine.gradcheck import run_op
+from nbclust.engine.optable import OPS
+from nbclust.engine.optable.pointwise import SELU_ALPHA, SELU_SCALE
 
 from conftest import AVAILABLE_BACKENDS, rel_err
 

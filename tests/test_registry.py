@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
-from nbclust import backend, datasets, features, fit, methods, registry
+from nbclust import methods, registry
+from nbclust.cli import fit
+from nbclust.data import datasets, features
+from nbclust.engine import backend
 from nbclust.methods.params import COMMON_PARAMS
 
 

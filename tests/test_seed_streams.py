@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from nbclust import nn
+from nbclust.engine import nn
 from nbclust.methods import architectures
 from nbclust.methods.depict import DEPICTNet
 

@@ -11,7 +11,7 @@ call, never both at once; where a Numba region must call BLAS it runs under
 Memory: see :mod:`nbclust.kernels.cpu._runtime` (freed blocks are reused, not unmapped).
 """
 
-from nbclust.kernels.cpu import _runtime, conv, losses, pointwise  # noqa: F401  (read by nbclust.backend)
+from nbclust.kernels.cpu import _runtime, conv, losses, pointwise  # noqa: F401  (read by nbclust.engine.backend)
 
 RUNS_REFERENCE = frozenset({
     "reshape",  # metadata only: x.reshape is the same on every backend

@@ -1,4 +1,4 @@
-"""Numba conv kernels (see nbclust.optable: arguments arrive validated, in normal form).
+"""Numba conv kernels (see nbclust.engine.optable: arguments arrive validated, in normal form).
 
 Convolutions are im2col + one GEMM, batch innermost: the input is transposed
 to (C, H, W, N), a Numba kernel lays the patches out as
@@ -20,7 +20,7 @@ per-sample variant, and strided layers with large kernels the register-tiled ker
 pooling and unpooling, and the register-tiled kernels.
 
 Padding may be asymmetric (``((top, bottom), (left, right))``, or ``"tf_same"``, see
-:mod:`nbclust.convshape`) on every path: the kernels index from the top/left padding, and
+:mod:`nbclust.engine.convshape`) on every path: the kernels index from the top/left padding, and
 the bottom/right padding only sets the output size (conv2d) or the size of the full
 transposed output that is cropped (conv_transpose2d).
 """
@@ -32,7 +32,7 @@ import functools
 import numpy as np
 from numba import njit, prange, uint64
 
-from nbclust import convshape
+from nbclust.engine import convshape
 from nbclust.kernels.cpu._runtime import (
     VECTOR_BYTES, batch_first, batch_last, contiguous, lanes, placed, prefetch, run, vfma, vload, vsplat, vstore,
     vsum, vzero,

@@ -1,4 +1,4 @@
-"""Numba losses and clustering terms (see nbclust.optable for the calling convention).
+"""Numba losses and clustering terms (see nbclust.engine.optable for the calling convention).
 
 Formulas and gradient derivations are in ``nbclust.reference.losses``.  All
 accumulation is in float64 whatever the input dtype, and every reduction is
@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
-from nbclust.optable.clustering import check_rank
+from nbclust.engine.optable.clustering import check_rank
 
 _BLOCK = 4096
 # kinds of _elementwise_sum / _elementwise_grad (a, b: flat arrays)

@@ -34,8 +34,8 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from nbclust.engine.optable.pointwise import SELU_ALPHA, SELU_SCALE
 from nbclust.kernels.cpu._runtime import SERIAL_BELOW, run
-from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
 
 SIGMOID, TANH, RELU, LEAKY_RELU, SELU = range(5)
 

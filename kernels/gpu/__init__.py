@@ -1,6 +1,6 @@
 """CuPy CUDA kernels (float32 and float64, deterministic) for the ops of the table.
 
-Imported only when ``backend="cuda"`` is asked for (see :mod:`nbclust.backend`).
+Imported only when ``backend="cuda"`` is asked for (see :mod:`nbclust.engine.backend`).
 Determinism: no atomics whose order changes a result.  im2col, col2im and the
 pooling gradients are gathers through cached index tables (each output element
 sums its contributions in a fixed order), segment sums are one-hot GEMMs, and
@@ -9,7 +9,7 @@ the remaining reductions are CuPy sums over fixed axes.  The ops of
 reference's own array-generic functions on device arrays.
 """
 
-from nbclust.kernels.gpu import conv, losses, pointwise  # noqa: F401  (read by nbclust.backend)
+from nbclust.kernels.gpu import conv, losses, pointwise  # noqa: F401  (read by nbclust.engine.backend)
 
 RUNS_REFERENCE = frozenset({
     "linear", "reshape",  # one cuBLAS matmul; metadata only

@@ -6,7 +6,7 @@ gather too (each input pixel sums the patch elements that read it, in a fixed
 order), so every op here is deterministic: no atomics, no scatter-add.
 ``conv_transpose2d`` is the adjoint of ``conv2d`` in its input and reuses the
 same tables.  Padding is ``((top, bottom), (left, right))`` inside (any form of
-:mod:`nbclust.convshape` outside, ``"tf_same"`` included); the tables index the
+:mod:`nbclust.engine.convshape` outside, ``"tf_same"`` included); the tables index the
 asymmetrically padded plane.  Arguments arrive validated (by the op table, for every backend);
 ``linear`` and ``reshape`` run the reference's own (array-module free) functions.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from nbclust import convshape
+from nbclust.engine import convshape
 from nbclust.kernels.gpu._runtime import conv_tables, pool_tables, xp
 
 

@@ -9,8 +9,8 @@ batch norm and dropout are the array-module generic functions of
 
 from __future__ import annotations
 
+from nbclust.engine.optable.pointwise import SELU_ALPHA, SELU_SCALE
 from nbclust.kernels.gpu._runtime import xp
-from nbclust.optable.pointwise import SELU_ALPHA, SELU_SCALE
 
 
 def _kernel(name: str, params: str, expr: str):

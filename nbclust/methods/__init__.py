@@ -1,12 +1,17 @@
 """The clustering methods and their one registry (imported lazily: ``from nbclust.methods import DCAE``).
 
+A module per deep method (``dcae``, ``dbc``, ``dctl``, ``depict``, ``dcec``), the pieces they share
+(``base``, ``params``, ``phases``, ``inputs``, ``architectures``, ``clustering``, ``scaling``,
+``metrics``), AC-PIC (``acpic``, DEPICT's initial clustering) and the baselines of ``--method kmeans``
+and ``--method acpic`` (``baseline``).
+
 ``METHODS`` maps each ``--method`` name of ``python -m nbclust.fit`` to ``(module, class)``;
 it lives in :mod:`nbclust.registry` (import-light); the package (``nbclust.DCAE`` ...), the
 command line and the experiments runner (``python -m nbclust.experiments``) all read it.  Adding
 a method is its module plus one line there.  ``ESTIMATORS`` (class name -> module) are the
-deep estimators among them, the :class:`~nbclust.methods.base.DeepClusterer` subclasses of
-this package; the others are baselines (:mod:`nbclust.baseline`).  ``available()`` returns the
-estimator classes whose module is present.
+deep estimators among them, the :class:`~nbclust.methods.base.DeepClusterer` subclasses: all but
+the baselines (:mod:`nbclust.methods.baseline`).  ``available()`` returns the estimator classes
+whose module is present.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import importlib
 
 from nbclust.registry import METHODS
 
-ESTIMATORS = {cls: module for module, cls in METHODS.values() if module.startswith(__name__ + ".")}
+ESTIMATORS = {cls: module for module, cls in METHODS.values() if module != __name__ + ".baseline"}
 
 __all__ = ["METHODS", "ESTIMATORS", "available", "estimator_class", *ESTIMATORS]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from nbclust import convshape, nn
-from nbclust.nn.module import as_generator
+from nbclust.engine import convshape, nn
+from nbclust.engine.nn.module import as_generator
 
 
 def _kw(backend, dtype, rng):
@@ -239,7 +239,7 @@ def dcec_sizes(side: int) -> tuple[int, int, int, bool]:
 
 def dcec_paddings(height: int, width: int):
     """The paddings of DCEC's three convolutions on an H x W image, TensorFlow's "same" per axis
-    (:func:`nbclust.convshape.tf_same_padding`): conv1 k5 s2 on H x W, conv2 k5 s2 on
+    (:func:`nbclust.engine.convshape.tf_same_padding`): conv1 k5 s2 on H x W, conv2 k5 s2 on
     ceil(H/2) x ceil(W/2), conv3 k3 s2 ("same", or zero on an axis where it is "valid"), each as
     ``((top, bottom), (left, right))``.  28x28: ``((1, 2), (1, 2))``, ``((1, 2), (1, 2))``, zero;
     32x32: ``((1, 2), (1, 2))`` twice, ``((0, 1), (0, 1))``; 27x27: ``((2, 2), (2, 2))``, ``((1, 2), (1, 2))``, zero.

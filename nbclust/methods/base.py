@@ -76,8 +76,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from nbclust.backend import check_backend_name, get_backend
-from nbclust.io import load_state, save_state
+from nbclust.data.io import load_state, save_state
+from nbclust.engine.backend import check_backend_name, get_backend
 from nbclust.methods import clustering, inputs
 from nbclust.methods.params import COMMON_PARAMS, Attr, Declared
 from nbclust.methods.phases import Phase, Step
@@ -96,7 +96,7 @@ class DeepClusterer(Declared, ClusterMixin, TransformerMixin, BaseEstimator):
              "(and acc, nmi, ari when fitted with labels)"),
         Attr("image_shape_", "tuple", "(C, H, W) of the training images"),
         Attr("n_features_in_", "int", "C * H * W"),
-        Attr("modules_", "dict", "the networks, ``{name: nbclust.nn.Module}``"),
+        Attr("modules_", "dict", "the networks, ``{name: nbclust.engine.nn.Module}``"),
     )
     phases: tuple = ()
     _state_attrs: tuple = ()
@@ -296,7 +296,7 @@ class DeepClusterer(Declared, ClusterMixin, TransformerMixin, BaseEstimator):
         if y is not None:
             labels = self._current_labels(X)
             if labels is not None:
-                from nbclust.metrics import ari, cluster_acc, nmi
+                from nbclust.methods.metrics import ari, cluster_acc, nmi
 
                 record.update(acc=cluster_acc(y, labels), nmi=nmi(y, labels), ari=ari(y, labels))
         self.history_.append(record)
@@ -607,7 +607,7 @@ class LearnedCentresMixin:
 
     def _centres_as_parameter(self):
         """``self._mu``: the centres as a trainable Parameter (None before there are centres)."""
-        from nbclust.nn import Parameter
+        from nbclust.engine.nn import Parameter
 
         if self.cluster_centers_ is not None:
             mu = self._backend.asarray(self.cluster_centers_, self._dtype)

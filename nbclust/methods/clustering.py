@@ -18,7 +18,7 @@ Targets: a sharpened, frequency-normalised copy of a soft assignment S (N, K)::
 k-means: :func:`kmeans` (scikit-learn's, seeded, on one thread), :func:`batch_kmeans`
 (Lloyd's on a mini-batch, DCTL), :func:`update_centers` (means with empty clusters
 re-seeded, DCAE eq 7).  The losses themselves are ops of the op table
-(``nbclust.optable``), called as ``OPS.<name>(backend, ...)``.
+(``nbclust.engine.optable``), called as ``OPS.<name>(backend, ...)``.
 """
 
 from __future__ import annotations

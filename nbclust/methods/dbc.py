@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust import nn, optim
+from nbclust.engine import nn, optim
+from nbclust.engine.optable import OPS
 from nbclust.methods import architectures
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer, LearnedCentresMixin
 from nbclust.methods.clustering import target
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import KMeansInit, Phase, ReconstructionPretraining
-from nbclust.optable import OPS
 
 CAFFE_MOMENTUM, CAFFE_WEIGHT_DECAY, CAFFE_BIAS_LR = 0.9, 1e-4, 2.0  # caffe-twns examples/mnist/lenet_tn*
 

@@ -107,13 +107,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust import optim
+from nbclust.engine import optim
+from nbclust.engine.optable import OPS
 from nbclust.methods import architectures
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 from nbclust.methods.clustering import nearest, update_centers
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
-from nbclust.optable import OPS
 
 DCAE_PARAMS = COMMON_PARAMS + Params(
     Param("epochs", int, 50, "training epochs", ge=0, paper=500, schedule=True),

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust import optim
+from nbclust.engine import optim
+from nbclust.engine.optable import OPS
 from nbclust.methods import architectures
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer, LearnedCentresMixin
 from nbclust.methods.clustering import dec_target
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import KMeansInit, Phase, ReconstructionPretraining
-from nbclust.optable import OPS
 
 DCEC_PARAMS = COMMON_PARAMS + Params(
     Param("pretrain_epochs", int, 200, "autoencoder pretraining epochs (step 1)", ge=0, schedule=True),

@@ -58,7 +58,7 @@ Input scaling (``input_scale``, feature vectors only)
     - ``"none"``: the features as given.
     Images (height > 1) are never rescaled: they are already in [0, 1].  The
     k-means baseline takes the same option (``KMeansPixels(input_scale=...)``,
-    ``--method kmeans --param input_scale=minmax``; :mod:`nbclust.scaling`), so
+    ``--method kmeans --param input_scale=minmax``; :mod:`nbclust.methods.scaling`), so
     that DCTL and k-means can be compared on one input.
 
 Transform (Fig. 1)
@@ -219,7 +219,7 @@ takes the first b columns, l. 381, which pairs codes with other samples'
 outputs; not followed), by Adam with a per-row step count (like torch's
 SparseAdam) and step ``z_lr`` (default 0.1; each row gets one step per epoch).
 
-Filters: ``nbclust.optim.Adam`` (the paper's P1 solver) with ``lr=1e-4``, the
+Filters: ``nbclust.engine.optim.Adam`` (the paper's P1 solver) with ``lr=1e-4``, the
 released clustering code's rate (Mfeat.py l. 650 ``learning_rate_list =
 [1e-4]``; there with SGD, l. 495, whose steps on the mean-scaled loss are far
 smaller still, so its transform stays close to the random initial one).
@@ -252,12 +252,12 @@ import math
 
 import numpy as np
 
+from nbclust.engine.optable import OPS
 from nbclust.methods.base import DeepClusterer
 from nbclust.methods.clustering import batch_kmeans, kmeans, single_threaded
 from nbclust.methods.params import COMMON_PARAMS, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
-from nbclust.optable import OPS
-from nbclust.scaling import minmax_apply, minmax_statistics
+from nbclust.methods.scaling import minmax_apply, minmax_statistics
 
 DCTL_PARAMS = COMMON_PARAMS + Params(
     Param("lam", float, 0.001, "weight lambda of the filter regulariser ||T||_F^2 - log det T (eq 5)", ge=0),
@@ -385,7 +385,7 @@ class DCTLTransform:
     def __init__(self, in_channels: int, *, n_layers=2, n_filters=3, kernel_size=9, pool=(True, True),
                  pool_size=2, reshape=None, standardize=None, init="torch", backend="cpu", dtype=np.float32,
                  rng=None):
-        from nbclust import nn
+        from nbclust.engine import nn
 
         rng = np.random.default_rng(rng)
         kw = dict(backend=backend, dtype=dtype, rng=rng)
@@ -639,7 +639,7 @@ class DCTL(DeepClusterer):
 
     def _p1_optimizers(self):
         """Adam on the filters (fresh in each phase) and the codes' row-wise Adam (kept across phases)."""
-        from nbclust.optim import Adam
+        from nbclust.engine.optim import Adam
 
         return {"T": Adam(self.transform_.filters, lr=self.lr), "Z": self._z_optimizer}
 
@@ -677,7 +677,7 @@ class DCTL(DeepClusterer):
     def _after_load(self):
         """Codes on the backend, and their optimiser: Adam by rows with per-row step counts (like
         torch's SparseAdam), step ``z_lr``, then the psi projection Z >= 0 (Mfeat.py l. 310-312)."""
-        from nbclust.optim import RowAdam
+        from nbclust.engine.optim import RowAdam
 
         if getattr(self, "codes_", None) is not None:
             self.codes_ = self._backend.asarray(self.codes_, dtype=self._dtype)

@@ -99,11 +99,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from nbclust.engine.optable import OPS
 from nbclust.methods.base import AutoencoderMixin, DeepClusterer
 from nbclust.methods.clustering import depict_target
 from nbclust.methods.params import ARRAY, COMMON_PARAMS, PATH, Attr, Param, Params
 from nbclust.methods.phases import Phase, Step
-from nbclust.optable import OPS
 
 DEPICT_PARAMS = COMMON_PARAMS + Params(
     Param("target", str, "code", "target distribution: p^2 / f (code, the released code) or p / f^(1/2) "
@@ -172,7 +172,7 @@ class DEPICTNet:
 
     def __init__(self, image_shape, n_clusters, *, dropout=0.1, hidden_weight=0.1, noise="per-term",
                  backend="cpu", dtype=np.float32, rng=None):
-        from nbclust import nn
+        from nbclust.engine import nn
 
         C, H, W = image_shape
         h1 = ((H - 4) // 2 + 1, (W - 4) // 2 + 1)
@@ -473,7 +473,7 @@ class DEPICT(AutoencoderMixin, DeepClusterer):
 
     def _adam(self, head: bool) -> dict:
         """A fresh Adam (``lr``) on every weight; the head's only once it exists (steps 3-4)."""
-        from nbclust.optim import Adam
+        from nbclust.engine.optim import Adam
 
         names = [n for n in self.modules_ if head or n != "head"]
         return {"adam": Adam([p for n in names for p in self.modules_[n].parameters()], lr=self.lr)}
@@ -536,7 +536,7 @@ class DEPICT(AutoencoderMixin, DeepClusterer):
             km = self._kmeans(Z, n_init=40)
             return km.labels_.astype(np.int64), km.cluster_centers_
         else:
-            from nbclust.acpic import ACPIC
+            from nbclust.methods.acpic import ACPIC
 
             labels = ACPIC(self.n_clusters, n_neighbors=min(20, len(Z) - 1)).fit_predict(Z).astype(np.int64)
         centres = np.stack([Z[labels == k].mean(0) if np.any(labels == k) else np.zeros(Z.shape[1])
@@ -544,7 +544,7 @@ class DEPICT(AutoencoderMixin, DeepClusterer):
         return labels, centres
 
     def _val_nmi(self, X) -> float:
-        from nbclust.metrics import nmi
+        from nbclust.methods.metrics import nmi
 
         v = self.val_idx_
         return nmi(self.init_labels_[v], np.argmax(self._predictions(X[v]), axis=1))

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust import optim
-from nbclust.optable import OPS
+from nbclust.engine import optim
+from nbclust.engine.optable import OPS
 
 
 class Stage:

@@ -1,6 +1,6 @@
 """The results of a ``python -m nbclust.fit`` run: the files of its output folder and its summary.
 
-``write`` fills the staging folder of :meth:`nbclust.rundir.RunDir.results` (``metrics.json``,
+``write`` fills the staging folder of :meth:`nbclust.cli.rundir.RunDir.results` (``metrics.json``,
 ``labels.npy``, ``labels.csv``, ``embedding.npy``, ``centers.npy``, ``model.npz``, ``history.csv``,
 ``config.toml`` and, with ``--plot``, the figures), which then replace their names in ``DIR``.
 ``metrics.json`` also holds the run's story: the commands that ran it (the first started it, the
@@ -17,15 +17,15 @@ import time
 from nbclust import __version__
 
 def write(out, opts, est, X, y, wall, feature_info, run) -> dict:
-    """Write every result of the fitted ``est`` into ``out`` (a :class:`~nbclust.rundir.RunDir`); the metrics."""
+    """Write every result of the fitted ``est`` into ``out`` (a :class:`~nbclust.cli.rundir.RunDir`); the metrics."""
     import platform
 
     import numba
     import numpy as np
     import sklearn
 
-    from nbclust import io
-    from nbclust.metrics import ari, cluster_acc, nmi
+    from nbclust.data import io
+    from nbclust.methods.metrics import ari, cluster_acc, nmi
 
     with out.results() as stage:
         labels = np.asarray(est.labels_, dtype=np.int64)
@@ -59,7 +59,7 @@ def write(out, opts, est, X, y, wall, feature_info, run) -> dict:
         io.write_text(stage / "history.csv", history_csv(history))
         io.write_text(stage / "config.toml", config_toml(opts))
         if opts["plot"]:
-            from nbclust.plots import make_plots
+            from nbclust.cli.plots import make_plots
 
             make_plots(stage, est, X, y, labels, embedding, history, seed=opts["seed"])
     return metrics
@@ -92,7 +92,7 @@ def history_csv(history) -> str:
 
 def print_summary(opts, metrics, out):
     """The final table on stdout; a warning on stderr when clusters came out empty."""
-    from nbclust.progress import summary_table
+    from nbclust.cli.progress import summary_table
 
     asked, used = metrics["n_clusters"], metrics["n_nonempty_clusters"]
     rows = {"method": opts["method"], "data": metrics["data"], "images": metrics["n_images"],

@@ -3,8 +3,8 @@
 Weights are stored like torch: conv ``(out, in, kh, kw)``, transposed conv
 ``(in, out, kh, kw)``, linear ``(out, in)``; biases start at zero.  Every
 layer takes the keyword-only ``backend``, ``dtype`` and ``rng`` of
-:class:`~nbclust.nn.module.Module`; conv and linear layers also ``init=``
-(a name from :mod:`nbclust.nn.init`, default ``"xavier_uniform"``).
+:class:`~nbclust.engine.nn.module.Module`; conv and linear layers also ``init=``
+(a name from :mod:`nbclust.engine.nn.init`, default ``"xavier_uniform"``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
-from nbclust import convshape
-from nbclust.nn.init import check_init_name, initialize
-from nbclust.nn.module import Module, as_generator
-from nbclust.optable import OPS
+from nbclust.engine import convshape
+from nbclust.engine.nn.init import check_init_name, initialize
+from nbclust.engine.nn.module import Module, as_generator
+from nbclust.engine.optable import OPS
 
 
 def _positive_int(v, name: str) -> int:
@@ -63,7 +63,7 @@ class Conv2d(_Affine):
     ``((top, bottom), (left, right))`` (asymmetric), ``"same"`` (torch's: odd kernel,
     stride 1) or ``"tf_same"`` (TensorFlow/Keras ``padding="same"`` for any kernel and
     stride, resolved per input size: ``ceil(n / s)`` outputs, the extra padding after;
-    28x28, k 5, s 2 pads ``((1, 2), (1, 2))``).  See :mod:`nbclust.convshape`.
+    28x28, k 5, s 2 pads ``((1, 2), (1, 2))``).  See :mod:`nbclust.engine.convshape`.
     ``self.padding`` holds a pair when symmetric, else the pair of pairs, or ``"tf_same"``.
     """
 

@@ -1,6 +1,6 @@
 """Shape arithmetic and argument validation of the convolution-family ops.
 
-Used by the op table's checks (:mod:`nbclust.optable.conv`, which validate every call once,
+Used by the op table's checks (:mod:`nbclust.engine.optable.conv`, which validate every call once,
 for every backend) and by the layers, so that a bad argument raises the same one-line
 ``ValueError`` everywhere; the backends only compute output shapes (``*_output_shape``).
 Spatial arguments are pairs ``(height, width)``; :func:`normalize_pair` turns an int into a
@@ -326,7 +326,7 @@ def check_reshape(x, shape) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------- shapes of validated calls
-# The op table validates every call once (nbclust.optable) and hands the backends stride,
+# The op table validates every call once (nbclust.engine.optable) and hands the backends stride,
 # kernel and padding in normal form: pairs and ((top, bottom), (left, right)).  These give the
 # output shape of such a call, without validating again.
 

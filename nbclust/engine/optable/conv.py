@@ -1,6 +1,6 @@
 """Table entries: convolution, transposed convolution, pooling, dense, reshape.
 
-Their checks validate through :mod:`nbclust.convshape` and hand the backends kernel and stride
+Their checks validate through :mod:`nbclust.engine.convshape` and hand the backends kernel and stride
 as pairs and padding as ``((top, bottom), (left, right))`` (``"tf_same"`` resolved for the input).
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust import convshape
-from nbclust.optable import REQUIRED, Case, OpSpec
+from nbclust.engine import convshape
+from nbclust.engine.optable import REQUIRED, Case, OpSpec
 
 FAMILY = "conv"
 
@@ -61,7 +61,7 @@ def _conv2d_cases(rng: np.random.Generator) -> list[Case]:
              {"stride": (3, 2), "padding": (0, 1)}, "stride 3x2, odd sizes, leftover rows"),
         Case((n(size=(3, 1, 8, 7)), n(size=(5, 1, 3, 3)), n(size=5)),
              {"stride": (2, 2), "padding": (1, 0)}, "one input channel, stride 2 (a first layer)"),
-        # asymmetric padding ((top, bottom), (left, right)) and TF's "same" (see nbclust.convshape)
+        # asymmetric padding ((top, bottom), (left, right)) and TF's "same" (see nbclust.engine.convshape)
         Case((n(size=(2, 1, 8, 8)), n(size=(3, 1, 5, 5)), n(size=3)),
              {"stride": (2, 2), "padding": ((1, 2), (1, 2))}, "Keras same k5 s2 on 8x8: ((1, 2), (1, 2))"),
         Case((n(size=(1, 2, 9, 6)), n(size=(3, 2, 3, 4)), n(size=3)),
@@ -232,14 +232,14 @@ SPECS = [
         "conv2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True, cases=_conv2d_cases,
         attrs={"stride": (1, 1), "padding": (0, 0)}, check=_check_conv2d, torch=_torch_conv2d,
         doc="y[n,o] = b[o] + sum_c,i,j w[o,c,i,j] x_pad[n,c,h*sh+i,w*sw+j] (cross-correlation, zero padding); "
-            "padding int, (h, w), ((top, bottom), (left, right)) or 'tf_same' (nbclust.convshape)",
+            "padding int, (h, w), ((top, bottom), (left, right)) or 'tf_same' (nbclust.engine.convshape)",
     ),
     OpSpec(
         "conv_transpose2d", inputs=("x", "w", "b"), differentiable=("x", "w", "b"), skips_input_grad=True,
         cases=_conv_transpose2d_cases, attrs={"stride": (1, 1), "padding": (0, 0), "output_padding": (0, 0)},
         check=_check_conv_transpose2d, torch=_torch_conv_transpose2d,
         doc="adjoint of conv2d in its input; w is (Cin, Cout, kh, kw); H_out = (H-1)s + k - top - bottom "
-            "+ output_padding (padding: the crop of the full output, any form of nbclust.convshape; "
+            "+ output_padding (padding: the crop of the full output, any form of nbclust.engine.convshape; "
             "'tf_same': H_out = H s, Keras' Conv2DTranspose)",
     ),
     OpSpec(

@@ -2,13 +2,13 @@
 
 A backend is a package (``nbclust.reference``, ``nbclust.kernels.cpu``, ``nbclust.kernels.gpu``)
 with the same file map: the modules ``conv``, ``pointwise`` and ``losses``
-(:data:`nbclust.optable.FAMILIES`) and one private runtime module.  It implements an op of the
+(:data:`nbclust.engine.optable.FAMILIES`) and one private runtime module.  It implements an op of the
 table by defining ``<op>_forward`` and ``<op>_backward`` in the module of the op's family; an
 op it does not implement runs the reference's implementation (a *fallback*).  Each fast
 backend declares its fallbacks in one list, ``RUNS_REFERENCE`` in its package, and the tests
 assert that the list is what :attr:`Backend.fallbacks` finds, so "compiled on cpu" is a
 checked fact.  Calls go through the op table (``OPS.conv2d(backend, ...)``, see
-:mod:`nbclust.optable`); layers, losses and methods get a backend from :func:`get_backend`.
+:mod:`nbclust.engine.optable`); layers, losses and methods get a backend from :func:`get_backend`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from nbclust.optable import OPS, OpSpec
+from nbclust.engine.optable import OPS, OpSpec
 from nbclust.registry import BACKENDS
 
 

@@ -36,7 +36,7 @@ def make_plots(out, est, X, y, labels, embedding, history, *, seed=0):
     out, written = Path(out), []
 
     def save(fig, name):
-        from nbclust.io import atomic_path
+        from nbclust.data.io import atomic_path
 
         with atomic_path(out / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")

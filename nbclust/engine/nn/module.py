@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from nbclust.backend import check_backend_name, get_backend
+from nbclust.engine.backend import check_backend_name, get_backend
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -1,7 +1,7 @@
 """Torch-like layers over the op table: ``Module``, layers, ``Sequential`` and initialisers."""
 
-from nbclust.nn import init
-from nbclust.nn.layers import (
+from nbclust.engine.nn import init
+from nbclust.engine.nn.layers import (
     SELU,
     BatchNorm1d,
     BatchNorm2d,
@@ -20,7 +20,7 @@ from nbclust.nn.layers import (
     Softmax,
     Tanh,
 )
-from nbclust.nn.module import Module, Parameter, Sequential
+from nbclust.engine.nn.module import Module, Parameter, Sequential
 
 __all__ = [
     "init", "Module", "Parameter", "Sequential",

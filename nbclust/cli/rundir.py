@@ -4,7 +4,7 @@
   place, hold the run's checkpoint); its missing folders are created and it is locked for the run's
   life (an ``flock`` on ``DIR/.nbclust.lock``, which the kernel drops when the process dies, so the
   lock file of a killed run never blocks the next one); the temporaries of dead nbclust processes
-  in ``DIR`` are removed (:func:`nbclust.io.remove_stale`), nothing else.
+  in ``DIR`` are removed (:func:`nbclust.data.io.remove_stale`), nothing else.
 - ``DIR`` itself is never renamed or replaced: a symlink's target or a mount point receives the
   files, and a resumed folder keeps every file nbclust did not write.
 - :meth:`RunDir.results` stages the results in a hidden folder inside ``DIR`` and renames each file
@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nbclust import io
+from nbclust.data import io
 
 LOCK = ".nbclust.lock"
 CHECKPOINT = "checkpoint.npz"

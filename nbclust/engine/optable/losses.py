@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust.optable import Case, OpSpec
+from nbclust.engine.optable import Case, OpSpec
 
 FAMILY = "losses"
 

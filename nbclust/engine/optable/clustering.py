@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust.optable import REQUIRED, Case, OpSpec
-from nbclust.optable.losses import check_matrix, check_pair, random_rows
+from nbclust.engine.optable import REQUIRED, Case, OpSpec
+from nbclust.engine.optable.losses import check_matrix, check_pair, random_rows
 
 FAMILY = "losses"
 

@@ -20,11 +20,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from nbclust.io import load_state, save_state
+from nbclust.data.io import load_state, save_state
 from nbclust.methods import inputs
 from nbclust.methods.clustering import nearest
 from nbclust.methods.params import ANY, COMMON_PARAMS, Declared, Param, Params
-from nbclust.scaling import minmax_apply, minmax_statistics
+from nbclust.methods.scaling import minmax_apply, minmax_statistics
 
 KMEANS_PARAMS = Params(
     COMMON_PARAMS["n_clusters"],
@@ -74,7 +74,7 @@ class KMeansPixels(Declared, ClusterMixin, TransformerMixin, BaseEstimator):
         return Z, shape
 
     def fit(self, X, y=None, *, callback=None, resume=None):
-        from nbclust.metrics import ari, cluster_acc, nmi
+        from nbclust.methods.metrics import ari, cluster_acc, nmi
 
         if resume is not None:
             raise ValueError(f"{type(self).__name__} has no training state to resume from")
@@ -97,7 +97,7 @@ class KMeansPixels(Declared, ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _scaled(self, Z, is_matrix, *, fit=False):
         """``Z`` min-max scaled per feature where the input is a feature matrix and
-        ``input_scale="minmax"`` (statistics of the training data, :mod:`nbclust.scaling`)."""
+        ``input_scale="minmax"`` (statistics of the training data, :mod:`nbclust.methods.scaling`)."""
         if not is_matrix or getattr(self, "input_scale", "none") == "none":  # ACPICPixels: no scaling
             return Z
         if fit:
@@ -115,7 +115,7 @@ class KMeansPixels(Declared, ClusterMixin, TransformerMixin, BaseEstimator):
 
     @staticmethod
     def features_input(F):
-        """A feature matrix (N, D) is clustered as it is (see nbclust.features.as_estimator_input)."""
+        """A feature matrix (N, D) is clustered as it is (see nbclust.data.features.as_estimator_input)."""
         return np.asarray(F)
 
     def transform(self, X):
@@ -152,7 +152,7 @@ class ACPICPixels(KMeansPixels):
     hyperparameters = ACPIC_PARAMS
 
     def _cluster(self, Z) -> dict:
-        from nbclust.acpic import ACPIC
+        from nbclust.methods.acpic import ACPIC
 
         ac = ACPIC(self.n_clusters, n_neighbors=self.n_neighbors, a=self.a, z=self.z).fit(Z)
         self.labels_ = ac.labels_.astype(np.int64)

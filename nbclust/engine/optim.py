@@ -1,11 +1,11 @@
 """SGD and Adam with exactly torch.optim's update rules, in place on the backend's arrays.
 
-Both take the :class:`~nbclust.nn.Parameter` list of a module (``module.parameters()``)
+Both take the :class:`~nbclust.engine.nn.Parameter` list of a module (``module.parameters()``)
 or the module itself.  Unlike torch, gradients are never ``None`` here (a
 parameter without gradient has a zero one), so every parameter is updated.
 ``state_dict()`` is a flat dict of NumPy arrays (hyperparameters, the step
 count, per-parameter buffers ``"<i>.<name>"``), ready for
-:func:`nbclust.io.save_state`.
+:func:`nbclust.data.io.save_state`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from nbclust.nn.module import Module, Parameter
+from nbclust.engine.nn.module import Module, Parameter
 
 
 def _number(v, name: str, low: float, *, strict: bool = False, high: float | None = None) -> float:
@@ -177,7 +177,7 @@ class RowAdam:
     for the rows i of the last :meth:`rows` call; the other rows and their moments stay as they
     are.  DCTL's codes Z: one row per sample, updated on the rows of its mini-batch.  Same
     ``zero_grad``/``step``/``state_dict`` protocol as :class:`Optimizer` (the array is not a
-    :class:`~nbclust.nn.Parameter`: ``rows(idx, grad)`` gives the gradient of the next step).
+    :class:`~nbclust.engine.nn.Parameter`: ``rows(idx, grad)`` gives the gradient of the next step).
     """
 
     hyper = ("lr", "beta1", "beta2", "eps")

@@ -497,7 +497,7 @@ def dsift_pca(X, n_components=300, *, random_state=0, cache_dir=None, return_inf
     """
     import time
 
-    from nbclust.io import load_state, save_state
+    from nbclust.data.io import load_state, save_state
 
     sift = DenseSIFT(**dsift_params)
     shape = np.shape(X)

@@ -23,13 +23,13 @@ A call goes through its :class:`OpSpec`, which
   (:attr:`OpSpec.skips_input_grad`: conv2d, conv_transpose2d, linear) or it is the only
   gradient, is not computed, as torch does for an input that does not require grad.
 
-Backends (:mod:`nbclust.backend`) implement an op by defining ``<op>_forward`` and
+Backends (:mod:`nbclust.engine.backend`) implement an op by defining ``<op>_forward`` and
 ``<op>_backward`` in their module of the op's family (``conv``, ``pointwise`` or ``losses``,
 :attr:`OpSpec.family`); an op a backend does not implement runs the reference's.  The
 table is collected from ``conv`` (convolution, pooling, dense, reshape), ``pointwise``
 (activations, softmax, batch norm, dropout), ``losses`` (generic losses) and
 ``clustering`` (the seed papers' clustering terms).  The gradient checker
-(:mod:`nbclust.gradcheck`) and the tests enumerate :data:`OPS`, so an op in this table
+(:mod:`nbclust.engine.gradcheck`) and the tests enumerate :data:`OPS`, so an op in this table
 cannot escape testing on any backend.  Adding an op is its spec in one of those modules
 plus its reference implementation (``<op>_forward`` / ``<op>_backward`` in
 ``nbclust.reference.<family>``); compiled ones are optional.
@@ -101,7 +101,7 @@ class OpSpec:
         return self.inputs[index] in self.differentiable
 
     def __call__(self, backend, *inputs, **attrs):
-        """``(out, ctx)`` of this op on ``backend`` (a :class:`nbclust.backend.Backend`)."""
+        """``(out, ctx)`` of this op on ``backend`` (a :class:`nbclust.engine.backend.Backend`)."""
         if len(inputs) != len(self.inputs):
             raise ValueError(f"{self.name} takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), "
                              f"got {len(inputs)}")
@@ -170,7 +170,7 @@ class OpTable(dict):
 
 
 def _collect() -> OpTable:
-    from nbclust.optable import clustering, conv, losses, pointwise
+    from nbclust.engine.optable import clustering, conv, losses, pointwise
 
     table = OpTable()
     for module in (conv, pointwise, losses, clustering):

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbclust.io import atomic_path, remove_stale
+from nbclust.data.io import atomic_path, remove_stale
 from nbclust.registry import DATASETS as NAMES
 
 SYSTEM_DIRS = ("/usr/share/datasets", "/usr/local/share/datasets")

@@ -850,7 +850,7 @@ class ACPIC(ClusterMixin, BaseEstimator):
     """Agglomerative clustering via maximum incremental path integral (AC-PIC).
 
     The algorithm, its derivation and its differences from the released code are in the
-    docstring of :mod:`nbclust.acpic`.  Defaults = the DEPICT release
+    docstring of :mod:`nbclust.methods.acpic`.  Defaults = the DEPICT release
     (``predict_ac_mpi``: ``K = 20``, ``a = 1``, ``z = 0.01``, 1-NN initial clusters).
     Memory O(N K), never an N x N matrix: about 0.1 GB for N = 70000, K = 20 besides X.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nbclust.optable import Case, OpSpec
+from nbclust.engine.optable import Case, OpSpec
 
 FAMILY = "pointwise"
 
